@@ -1,0 +1,97 @@
+//! The application state the reactor hands to every handler: the metric
+//! store, the dashboard feed and the server's counters.
+
+use std::rc::Rc;
+
+use crate::hub::Feed;
+use crate::record::{self, RecordError};
+use crate::store::{Store, StoreError};
+use crate::wire;
+
+/// Counters describing the server's own work.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Records stored.
+    pub records_accepted: u64,
+    /// Records refused because the body broke a rule.
+    pub records_invalid: u64,
+    /// Records refused by the store (overflow, metric limit).
+    pub records_rejected: u64,
+    /// Dashboards that fell too far behind and lost queued updates.
+    pub resyncs: u64,
+    /// Bytes of updates dropped for slow dashboards.
+    pub dropped_bytes: u64,
+    /// Socket writes to dashboards.
+    pub dashboard_writes: u64,
+    /// Bytes written to dashboards.
+    pub dashboard_bytes: u64,
+}
+
+/// Why a record was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The body broke a validation rule.
+    Invalid(RecordError),
+    /// The store could not take it.
+    Rejected(StoreError),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(e) => e.fmt(f),
+            Refusal::Rejected(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Everything the request handlers share.
+#[derive(Debug)]
+pub struct App {
+    /// The metrics.
+    pub store: Store,
+    /// Frames on their way to dashboards.
+    pub feed: Feed,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl App {
+    /// A fresh application state.
+    pub fn new(store: Store) -> App {
+        App { store, feed: Feed::new(), stats: Stats::default() }
+    }
+
+    /// Validates and stores a record, then publishes its update.
+    pub fn record(&mut self, body: &[u8]) -> Result<(), Refusal> {
+        let record = record::parse(body).map_err(|e| {
+            self.stats.records_invalid += 1;
+            Refusal::Invalid(e)
+        })?;
+        self.store.apply(&record).map_err(|e| {
+            self.stats.records_rejected += 1;
+            Refusal::Rejected(e)
+        })?;
+        self.stats.records_accepted += 1;
+        self.feed.publish_text(|out| {
+            wire::metric_update(
+                &record.metric,
+                record.value,
+                record.metadata.as_deref(),
+                out,
+            )
+        });
+        Ok(())
+    }
+
+    /// The current snapshot frame.
+    pub fn snapshot(&mut self) -> Rc<[u8]> {
+        self.store.snapshot_frame()
+    }
+
+    /// Publishes the periodic keepalive message and ping.
+    pub fn keepalive(&mut self) {
+        self.feed.publish_frame(wire::KEEPALIVE_FRAME);
+        self.feed.publish_frame(wire::PING_FRAME);
+    }
+}
