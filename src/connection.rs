@@ -118,6 +118,20 @@ impl HttpConn {
         }
     }
 
+    /// Wraps a socket that is only to be told `answer` and closed, as when
+    /// the server is at its connection limit.
+    pub fn refused(
+        stream: TcpStream,
+        peer: SocketAddr,
+        now: Instant,
+        answer: &[u8],
+    ) -> HttpConn {
+        let mut conn = HttpConn::new(stream, peer, now);
+        conn.output.extend_from_slice(answer);
+        conn.phase = Phase::Finishing;
+        conn
+    }
+
     /// The socket, for registration with the reactor.
     pub fn stream(&mut self) -> &mut TcpStream {
         &mut self.stream
@@ -164,8 +178,13 @@ impl HttpConn {
         scratch: &mut [u8],
         hung_up: bool,
     ) -> io::Result<Outcome> {
-        while !self.eof && self.output.len() - self.written < OUTPUT_HIGH_WATER
+        // Requests left over when the output backed up come first.
+        if !self.input.is_empty()
+            && self.answer_requests(app, limits, now) == Routed::Upgrade
         {
+            return Ok(Outcome::Upgrade);
+        }
+        while !self.eof && !self.backed_up() {
             let n = match self.stream.read(scratch) {
                 Ok(0) => {
                     self.eof = true;
@@ -194,7 +213,13 @@ impl HttpConn {
         Ok(Outcome::Open)
     }
 
-    /// Answers every complete request in the input buffer.
+    /// Whether enough answers wait that reading should pause.
+    fn backed_up(&self) -> bool {
+        self.output.len() - self.written >= OUTPUT_HIGH_WATER
+    }
+
+    /// Answers the complete requests in the input buffer, pausing when the
+    /// output backs up.
     fn answer_requests(
         &mut self,
         app: &mut App,
@@ -203,6 +228,9 @@ impl HttpConn {
     ) -> Routed {
         let mut used = 0;
         let routed = loop {
+            if self.backed_up() {
+                break Routed::Answered;
+            }
             match self.next_request(&mut used, app, limits, now) {
                 Ok(Some(Routed::Upgrade)) => break Routed::Upgrade,
                 Ok(Some(Routed::Answered)) => continue,
@@ -350,7 +378,14 @@ impl HttpConn {
                     self.last_active = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Outcome::Open
+                    // Reclaim what was written, or a client that reads a
+                    // little at a time would let the buffer grow forever
+                    // while the unwritten part stays under the high water.
+                    if self.written >= OUTPUT_HIGH_WATER / 4 {
+                        self.output.drain(..self.written);
+                        self.written = 0;
+                    }
+                    return Outcome::Open;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -230,30 +230,43 @@ impl Reactor {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        if self.conns.len() >= self.config.max_connections {
-            log::debug!("refused {peer}: at the connection limit");
+        let max = self.config.max_connections;
+        let conn = if self.conns.len() < max {
+            log::debug!("http {peer}: connected");
+            HttpConn::new(stream, peer, now)
+        } else if self.conns.len() < max + max / 8 + 8 {
+            // Kept just long enough to deliver the 503 and close politely;
+            // closing at once could reset the answer away.
+            log::debug!(
+                "http {peer}: refused, at the limit of {max} connections"
+            );
+            HttpConn::refused(stream, peer, now, &self.refusal_503)
+        } else {
             let _ = stream.write(&self.refusal_503);
             return;
-        }
+        };
+        self.insert(conn);
+    }
+
+    fn insert(&mut self, mut conn: HttpConn) {
+        let peer = conn.peer();
+        let stream = conn.stream();
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let interest = Interest::READABLE | Interest::WRITABLE;
         // Registered once for both directions: with edge triggering a
         // writable edge only comes after a write has filled the socket, so
         // there is nothing to re-register per request.
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token(entry.key()),
-            interest,
-        ) {
+        let registered =
+            self.poll.registry().register(stream, token(entry.key()), interest);
+        if let Err(e) = registered {
             log::error!("could not register {peer}: {e}");
             return;
         }
-        log::debug!("http {peer}: connected");
         self.next_serial += 1;
         let key = entry.key();
         entry.insert(Slot {
-            conn: Connection::Http(HttpConn::new(stream, peer, now)),
+            conn: Connection::Http(conn),
             serial: self.next_serial,
             armed: None,
         });

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, then runs every
+# test. Safe to run again: installed pieces are reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v gzip >/dev/null || need_apt+=(gzip)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The Python WebSocket client the tests drive the server with, in a venv of
+# the project's own so nothing system-wide changes.
+venv=.venv
+if ! "$venv/bin/python" -c 'import websockets' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+fi
+export METRICAST_TEST_PYTHON="$PWD/$venv/bin/python"
+
+cargo test --all-targets "$@"
