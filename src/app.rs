@@ -5,27 +5,10 @@ use std::rc::Rc;
 
 use crate::hub::Feed;
 use crate::record::{self, RecordError};
+use crate::security::Security;
+use crate::stats::{self, Stats};
 use crate::store::{Store, StoreError};
 use crate::wire;
-
-/// Counters describing the server's own work.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    /// Records stored.
-    pub records_accepted: u64,
-    /// Records refused because the body broke a rule.
-    pub records_invalid: u64,
-    /// Records refused by the store (overflow, metric limit).
-    pub records_rejected: u64,
-    /// Dashboards that fell too far behind and lost queued updates.
-    pub resyncs: u64,
-    /// Bytes of updates dropped for slow dashboards.
-    pub dropped_bytes: u64,
-    /// Socket writes to dashboards.
-    pub dashboard_writes: u64,
-    /// Bytes written to dashboards.
-    pub dashboard_bytes: u64,
-}
 
 /// Why a record was refused.
 #[derive(Debug)]
@@ -54,22 +37,24 @@ pub struct App {
     pub feed: Feed,
     /// Counters.
     pub stats: Stats,
+    /// Access rules and the headers every answer carries.
+    pub security: Security,
 }
 
 impl App {
     /// A fresh application state.
-    pub fn new(store: Store) -> App {
-        App { store, feed: Feed::new(), stats: Stats::default() }
+    pub fn new(store: Store, security: Security) -> App {
+        App { store, feed: Feed::new(), stats: Stats::default(), security }
     }
 
     /// Validates and stores a record, then publishes its update.
     pub fn record(&mut self, body: &[u8]) -> Result<(), Refusal> {
         let record = record::parse(body).map_err(|e| {
-            self.stats.records_invalid += 1;
+            self.stats.refused(stats::invalid_reason(&e));
             Refusal::Invalid(e)
         })?;
         self.store.apply(&record).map_err(|e| {
-            self.stats.records_rejected += 1;
+            self.stats.refused(stats::rejected_reason(&e));
             Refusal::Rejected(e)
         })?;
         self.stats.records_accepted += 1;

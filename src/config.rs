@@ -36,7 +36,32 @@ pub struct Config {
     pub max_dashboard_lag: usize,
     /// Log verbosity.
     pub log_level: LevelFilter,
+    /// Bearer token `POST /record` requires, if any.
+    pub record_token: Option<String>,
+    /// Bearer token reads (`/metrics`, `/dashboard`) require, if any.
+    pub read_token: Option<String>,
+    /// Origins a browser may open `/dashboard` from; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// How the Content-Security-Policy header is sent.
+    pub csp: CspMode,
+    /// The Content-Security-Policy itself.
+    pub csp_policy: String,
 }
+
+/// How the Content-Security-Policy header is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CspMode {
+    /// Not sent.
+    Off,
+    /// Sent as `Content-Security-Policy-Report-Only`.
+    ReportOnly,
+    /// Sent as `Content-Security-Policy`.
+    Enforce,
+}
+
+/// The default policy: metricast serves data, never pages, so nothing may
+/// load or frame it.
+pub const DEFAULT_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
 impl Default for Config {
     fn default() -> Config {
@@ -52,6 +77,11 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             max_dashboard_lag: 1024 * 1024,
             log_level: LevelFilter::Info,
+            record_token: None,
+            read_token: None,
+            allowed_origins: Vec::new(),
+            csp: CspMode::ReportOnly,
+            csp_policy: DEFAULT_CSP.to_owned(),
         }
     }
 }
@@ -92,6 +122,11 @@ const OPTIONS: &[(&str, &str, &str)] = &[
     ("idle-timeout", "SECS", "time an idle keep-alive connection stays open [60]"),
     ("max-dashboard-lag", "BYTES", "output a dashboard may fall behind before it is resynced [1048576]"),
     ("log-level", "LEVEL", "off, error, warn, info, debug or trace [info]"),
+    ("record-token", "TOKEN", "require Authorization: Bearer TOKEN on POST /record [none]"),
+    ("read-token", "TOKEN", "require the bearer TOKEN (or ?access_token=) on /metrics and /dashboard [none]"),
+    ("allowed-origin", "ORIGIN", "a browser Origin allowed on /dashboard; repeatable, comma-separated in the environment [any]"),
+    ("csp", "MODE", "Content-Security-Policy header: off, report-only or enforce [report-only]"),
+    ("csp-policy", "POLICY", "the policy sent [default-src 'none'; frame-ancestors 'none']"),
 ];
 
 /// The `--help` text.
@@ -143,15 +178,32 @@ pub fn parse(
         };
         given.push((known, value));
     }
+    let var = |name: &str| {
+        format!("METRICAST_{}", name.to_uppercase().replace('-', "_"))
+    };
     let lookup = |name: &str| -> Option<(String, String)> {
         if let Some((_, v)) = given.iter().rev().find(|(n, _)| *n == name) {
             return Some((format!("--{name}"), v.clone()));
         }
-        let var =
-            format!("METRICAST_{}", name.to_uppercase().replace('-', "_"));
-        env(&var).map(|v| (var, v))
+        env(&var(name)).map(|v| (var(name), v))
     };
-    build(lookup).map(Command::Serve)
+    let mut config = build(lookup)?;
+    let origins: Vec<String> = given
+        .iter()
+        .filter(|(n, _)| *n == "allowed-origin")
+        .map(|(_, v)| v.clone())
+        .collect();
+    config.allowed_origins = if origins.is_empty() {
+        let listed = env(&var("allowed-origin")).unwrap_or_default();
+        listed
+            .split(',')
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    } else {
+        origins
+    };
+    Ok(Command::Serve(config))
 }
 
 fn build(
@@ -171,6 +223,10 @@ fn build(
     set(&lookup, "idle-timeout", &mut c.idle_timeout, seconds)?;
     set(&lookup, "max-dashboard-lag", &mut c.max_dashboard_lag, positive)?;
     set(&lookup, "log-level", &mut c.log_level, level)?;
+    set(&lookup, "record-token", &mut c.record_token, token)?;
+    set(&lookup, "read-token", &mut c.read_token, token)?;
+    set(&lookup, "csp", &mut c.csp, csp_mode)?;
+    set(&lookup, "csp-policy", &mut c.csp_policy, csp_policy)?;
     Ok(c)
 }
 
@@ -220,6 +276,30 @@ fn positive(value: &str) -> Result<usize, &'static str> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err("a whole number above 0"),
     }
+}
+
+fn token(value: &str) -> Result<Option<String>, &'static str> {
+    const EXPECTED: &str = "a token of visible characters without spaces";
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(EXPECTED);
+    }
+    Ok(Some(value.to_owned()))
+}
+
+fn csp_mode(value: &str) -> Result<CspMode, &'static str> {
+    match value {
+        "off" => Ok(CspMode::Off),
+        "report-only" => Ok(CspMode::ReportOnly),
+        "enforce" => Ok(CspMode::Enforce),
+        _ => Err("one of off, report-only, enforce"),
+    }
+}
+
+fn csp_policy(value: &str) -> Result<String, &'static str> {
+    if value.is_empty() || value.chars().any(char::is_control) {
+        return Err("a policy on one line, e.g. \"default-src 'none'\"");
+    }
+    Ok(value.to_owned())
 }
 
 fn level(value: &str) -> Result<LevelFilter, &'static str> {
@@ -272,5 +352,18 @@ mod tests {
         assert!(err.to_string().contains("METRICAST_MAX_BODY_BYTES"), "{err}");
         assert!(serve(&["--nope", "1"], &[]).is_err());
         assert!(serve(&["--listen"], &[]).is_err());
+        assert!(serve(&["--record-token", "has space"], &[]).is_err());
+        assert!(serve(&["--csp", "sometimes"], &[]).is_err());
+    }
+
+    #[test]
+    fn allowed_origins_repeat_or_come_as_a_list() {
+        let args =
+            ["--allowed-origin", "https://a", "--allowed-origin=https://b"];
+        let c = serve(&args, &[]).unwrap();
+        assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
+        let env = [("METRICAST_ALLOWED_ORIGIN", "https://a, https://c")];
+        let c = serve(&[], &env).unwrap();
+        assert_eq!(c.allowed_origins, ["https://a", "https://c"]);
     }
 }

@@ -165,7 +165,7 @@ impl HttpConn {
         if outcome == Outcome::Upgrade {
             return outcome;
         }
-        self.write(now)
+        self.write(app, now)
     }
 
     /// Reads until the socket is empty or enough answers are waiting,
@@ -237,7 +237,7 @@ impl HttpConn {
                 Ok(None) => break Routed::Answered,
                 Err(error) => {
                     log::debug!("http {}: refused request: {error}", self.peer);
-                    self.fail(&error);
+                    self.fail(app, &error);
                     break Routed::Answered;
                 }
             }
@@ -354,13 +354,19 @@ impl HttpConn {
 
     /// Queues an error answer after which the connection closes when the
     /// error says the framing is lost.
-    fn fail(&mut self, error: &HttpError) {
+    fn fail(&mut self, app: &mut App, error: &HttpError) {
         let persistence = if error.fatal {
             Persistence::Close
         } else {
             Persistence::KeepAlive
         };
-        http::write_error(&mut self.output, error, persistence, "");
+        let route = match &self.phase {
+            Phase::Body { head, .. } => router::route_label(&head.path),
+            _ => "other",
+        };
+        app.stats.answered(route, error.status.code());
+        let common = &app.security.headers;
+        http::write_error(&mut self.output, error, persistence, "", common);
         if error.fatal {
             self.phase = Phase::Finishing;
         } else {
@@ -369,13 +375,14 @@ impl HttpConn {
     }
 
     /// Writes queued answers; closes or lingers once the last is out.
-    fn write(&mut self, now: Instant) -> Outcome {
+    fn write(&mut self, app: &mut App, now: Instant) -> Outcome {
         while self.written < self.output.len() {
             match self.stream.write(&self.output[self.written..]) {
                 Ok(0) => return Outcome::Close,
                 Ok(n) => {
                     self.written += n;
                     self.last_active = now;
+                    app.stats.http_bytes += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Reclaim what was written, or a client that reads a
@@ -426,7 +433,12 @@ impl HttpConn {
     }
 
     /// Handles a passed deadline.
-    pub fn on_timeout(&mut self, limits: &Limits, now: Instant) -> Outcome {
+    pub fn on_timeout(
+        &mut self,
+        app: &mut App,
+        limits: &Limits,
+        now: Instant,
+    ) -> Outcome {
         if self.deadline(limits) > now {
             return Outcome::Open;
         }
@@ -438,8 +450,8 @@ impl HttpConn {
                     Status::RequestTimeout,
                     format!("the request did not arrive within {secs} s"),
                 );
-                self.fail(&error);
-                self.write(now)
+                self.fail(app, &error);
+                self.write(app, now)
             }
             Phase::Idle | Phase::Finishing | Phase::Lingering { .. } => {
                 Outcome::Close
@@ -448,11 +460,11 @@ impl HttpConn {
     }
 
     /// The server is stopping: answer what was received, then close.
-    pub fn begin_shutdown(&mut self, now: Instant) -> Outcome {
+    pub fn begin_shutdown(&mut self, app: &mut App, now: Instant) -> Outcome {
         self.last_request = true;
         match self.phase {
             Phase::Idle if self.written == self.output.len() => Outcome::Close,
-            _ => self.write(now),
+            _ => self.write(app, now),
         }
     }
 

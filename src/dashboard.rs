@@ -226,7 +226,7 @@ impl Dashboard {
         app: &mut App,
         budget: usize,
     ) -> io::Result<usize> {
-        let App { feed, store, stats } = app;
+        let App { feed, store, stats, .. } = app;
         let mut slices = [IoSlice::new(&[]); 3];
         let count = self.sub.next_slices(
             feed,
@@ -241,7 +241,7 @@ impl Dashboard {
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        self.sub.advance(n);
+        stats.frames_sent += self.sub.advance(feed, n);
         stats.dashboard_writes += 1;
         stats.dashboard_bytes += n as u64;
         Ok(n)
@@ -256,7 +256,7 @@ impl Dashboard {
     pub fn check_lag(&mut self, app: &mut App, max_lag: usize) {
         if let Some(dropped) = self.sub.check_lag(&app.feed, max_lag as u64) {
             app.stats.resyncs += 1;
-            app.stats.dropped_bytes += dropped.bytes;
+            app.stats.frames_dropped += dropped.frames;
             log::warn!(
                 "dashboard {}: fell {} bytes behind (limit {max_lag}); dropped \
                  its queued updates, a fresh snapshot follows",

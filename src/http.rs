@@ -499,17 +499,14 @@ pub enum Persistence {
     Close,
 }
 
-/// Headers sent with every answer. Data changes on every record, so no
-/// cache may keep it, and browsers must not guess content types.
-const COMMON_HEADERS: &str = "X-Content-Type-Options: nosniff\r\n\
-     Referrer-Policy: no-referrer\r\nCache-Control: no-store\r\n";
-
-/// Appends a complete answer to `out`.
+/// Appends a complete answer to `out`. `common` holds the header lines
+/// every answer carries (see [`crate::security::Security`]).
 pub fn write_answer(
     out: &mut Vec<u8>,
     status: Status,
     persistence: Persistence,
     answer: Answer<'_>,
+    common: &str,
     body: &[u8],
 ) {
     let connection = match persistence {
@@ -524,7 +521,7 @@ pub fn write_answer(
         status.reason(),
         answer.content_type.unwrap_or("application/json"),
         body.len(),
-        COMMON_HEADERS,
+        common,
         connection,
         answer.extra_headers,
     );
@@ -539,11 +536,12 @@ pub fn write_error(
     error: &HttpError,
     persistence: Persistence,
     extra_headers: &str,
+    common: &str,
 ) {
     let mut body = Vec::with_capacity(64 + error.message.len());
     wire::error_body(&error.message, &mut body);
     let answer = Answer { extra_headers, ..Answer::default() };
-    write_answer(out, error.status, persistence, answer, &body);
+    write_answer(out, error.status, persistence, answer, common, &body);
 }
 
 /// The interim answer to `Expect: 100-continue`.

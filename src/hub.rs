@@ -110,6 +110,13 @@ impl Feed {
         self.starts.get(next).copied().unwrap_or_else(|| self.head())
     }
 
+    /// How many frames begin at or after `from` and before `to`.
+    fn frames_between(&self, from: u64, to: u64) -> u64 {
+        let first = self.starts.partition_point(|&s| s < from);
+        let last = self.starts.partition_point(|&s| s < to);
+        (last - first) as u64
+    }
+
     /// Copies the bytes from `offset` up to `end`.
     fn copy_range(&self, offset: u64, end: u64) -> Vec<u8> {
         let len = (end - offset) as usize;
@@ -152,6 +159,8 @@ pub struct Subscriber {
 pub struct Dropped {
     /// Bytes of updates the dashboard will never see.
     pub bytes: u64,
+    /// Frames the dashboard will never see.
+    pub frames: u64,
 }
 
 impl Subscriber {
@@ -207,17 +216,20 @@ impl Subscriber {
         if lag <= max_lag {
             return None;
         }
-        let mut dropped = lag;
+        let mut from = self.cursor;
         if self.private.is_none() && !feed.is_boundary(self.cursor) {
             // Half a frame is on the wire; the rest must follow or the
             // stream is corrupt.
-            let end = feed.frame_end(self.cursor);
-            self.private = Some((feed.copy_range(self.cursor, end).into(), 0));
-            dropped -= end - self.cursor;
+            from = feed.frame_end(self.cursor);
+            self.private = Some((feed.copy_range(self.cursor, from).into(), 0));
         }
+        let dropped = Dropped {
+            bytes: lag - (from - self.cursor),
+            frames: feed.frames_between(from, feed.head()),
+        };
         self.cursor = feed.head();
         self.want_snapshot = true;
-        Some(Dropped { bytes: dropped })
+        Some(dropped)
     }
 
     /// Stops taking updates, for a closing dashboard. A frame already
@@ -271,8 +283,8 @@ impl Subscriber {
     }
 
     /// Records that `n` bytes of what [`next_slices`](Self::next_slices)
-    /// offered were written.
-    pub fn advance(&mut self, mut n: usize) {
+    /// offered were written, and returns how many feed frames were begun.
+    pub fn advance(&mut self, feed: &Feed, mut n: usize) -> u64 {
         if let Some((bytes, sent)) = &mut self.private {
             let take = n.min(bytes.len() - *sent);
             *sent += take;
@@ -281,7 +293,9 @@ impl Subscriber {
                 self.private = None;
             }
         }
+        let from = self.cursor;
         self.cursor += n as u64;
+        feed.frames_between(from, self.cursor)
     }
 }
 
@@ -306,7 +320,7 @@ mod tests {
         let out: Vec<u8> =
             slices[..used].iter().flat_map(|s| s.iter().copied()).collect();
         let out = out[..out.len().min(limit)].to_vec();
-        sub.advance(out.len());
+        sub.advance(feed, out.len());
         out
     }
 
@@ -360,7 +374,7 @@ mod tests {
             feed.publish_frame(&frame("later"));
         }
         let dropped = sub.check_lag(&feed, 64).unwrap();
-        assert_eq!(dropped.bytes, 10 * 7);
+        assert_eq!(dropped, Dropped { bytes: 10 * 7, frames: 10 });
         assert_eq!(sub.needs_from(), None);
         feed.trim(feed.head());
         let snap2: Rc<[u8]> = frame("fresh").into();

@@ -1,6 +1,5 @@
 //! The `metricast` command: the server, or `metricast replay`.
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
@@ -31,7 +30,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    init_logging(config.log_level);
+    let secrets: Vec<String> =
+        config.record_token.iter().chain(&config.read_token).cloned().collect();
+    metricast::logging::init(config.log_level, secrets);
     match run(config) {
         Ok(()) => {
             log::info!("stopped");
@@ -62,17 +63,4 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     );
     reactor.run()?;
     Ok(())
-}
-
-fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
-        // tungstenite narrates every close handshake at debug level;
-        // metricast logs the events that matter itself.
-        .add_filter_ignore_str("tungstenite")
-        .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
-    let _ = std::io::stderr().flush();
 }

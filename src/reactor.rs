@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::connection::{self, HttpConn, Limits};
 use crate::dashboard::{self, Dashboard};
 use crate::http::{self, HttpError, Persistence, Status};
+use crate::security::Security;
 use crate::store::Store;
 use crate::timer::{TimerId, Timers};
 
@@ -107,6 +108,7 @@ impl Reactor {
             request_timeout: config.request_timeout,
             idle_timeout: config.idle_timeout,
         };
+        let security = Security::from_config(&config);
         let mut refusal_503 = Vec::new();
         let error = HttpError::fatal(
             Status::Unavailable,
@@ -120,6 +122,7 @@ impl Reactor {
             &error,
             Persistence::Close,
             "Retry-After: 1\r\n",
+            &security.headers,
         );
         let mut timers = Timers::default();
         timers.push(Instant::now() + config.keepalive, TimerId::Keepalive);
@@ -129,10 +132,10 @@ impl Reactor {
             signals,
             conns: Slab::new(),
             timers,
-            app: App::new(Store::new(
-                config.metadata_limit,
-                config.max_metrics,
-            )),
+            app: App::new(
+                Store::new(config.metadata_limit, config.max_metrics),
+                security,
+            ),
             config,
             limits,
             state: RunState::Running,
@@ -264,6 +267,7 @@ impl Reactor {
             return;
         }
         self.next_serial += 1;
+        self.app.stats.open_http += 1;
         let key = entry.key();
         entry.insert(Slot {
             conn: Connection::Http(conn),
@@ -293,7 +297,9 @@ impl Reactor {
         self.state = RunState::Stopping { until: now + SHUTDOWN_GRACE };
         for (key, slot) in self.conns.iter_mut() {
             let outcome = match &mut slot.conn {
-                Connection::Http(http) => http.begin_shutdown(now),
+                Connection::Http(http) => {
+                    http.begin_shutdown(&mut self.app, now)
+                }
                 Connection::Dashboard(dash) => {
                     dash.begin_close(&mut self.app, CloseCode::Away, now);
                     connection::Outcome::Open
@@ -354,6 +360,8 @@ impl Reactor {
         };
         let dash = Dashboard::accept(http.into_upgrade(), &mut self.app, now);
         slot.conn = Connection::Dashboard(dash);
+        self.app.stats.open_http -= 1;
+        self.app.stats.open_dashboards += 1;
         self.dashboards_dirty = true;
     }
 
@@ -397,7 +405,8 @@ impl Reactor {
         slot.armed = None;
         let closed = match &mut slot.conn {
             Connection::Http(http) => {
-                http.on_timeout(&self.limits, now) == connection::Outcome::Close
+                http.on_timeout(&mut self.app, &self.limits, now)
+                    == connection::Outcome::Close
             }
             Connection::Dashboard(dash) => {
                 dash.on_timeout(self.config.keepalive, now)
@@ -447,9 +456,11 @@ impl Reactor {
             let Some(slot) = self.conns.try_remove(key) else { continue };
             match slot.conn {
                 Connection::Http(http) => {
-                    log::debug!("http {}: closed", http.peer())
+                    self.app.stats.open_http -= 1;
+                    log::debug!("http {}: closed", http.peer());
                 }
                 Connection::Dashboard(mut dash) => {
+                    self.app.stats.open_dashboards -= 1;
                     dash.leave(&mut self.app);
                     self.dashboards_dirty = true;
                 }

@@ -4,6 +4,7 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::app::App;
 use crate::http::{self, Answer, Head, HttpError, Method, Persistence, Status};
+use crate::prometheus::{self, Format};
 use crate::wire;
 
 /// What became of a request.
@@ -15,6 +16,19 @@ pub enum Routed {
     Upgrade,
 }
 
+/// A refusal with the extra header lines that go with it.
+type Refused = (HttpError, &'static str);
+
+/// The route label of a path, for the server's own counters.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/record" => "/record",
+        "/metrics" => "/metrics",
+        "/dashboard" => "/dashboard",
+        _ => "other",
+    }
+}
+
 /// Handles one request, writing its answer into `out`.
 pub fn route(
     app: &mut App,
@@ -23,29 +37,37 @@ pub fn route(
     persistence: Persistence,
     out: &mut Vec<u8>,
 ) -> Routed {
-    let result = match head.path.as_str() {
+    let route = route_label(&head.path);
+    let result = match route {
         "/record" => record(app, head, body, persistence, out),
         "/metrics" => metrics(app, head, persistence, out),
-        "/dashboard" => return dashboard(head, persistence, out),
-        _ => Err(HttpError::request(
-            Status::NotFound,
-            format!(
-                "no such path {:?}; try POST /record, GET /metrics or \
-                 GET /dashboard (WebSocket)",
-                head.path
+        "/dashboard" => dashboard(app, head, out),
+        _ => Err((
+            HttpError::request(
+                Status::NotFound,
+                format!(
+                    "no such path {:?}; try POST /record, GET /metrics or \
+                     GET /dashboard (WebSocket)",
+                    head.path
+                ),
             ),
+            "",
         )),
     };
-    if let Err(error) = result {
-        let allow = match (error.status, head.path.as_str()) {
-            (Status::MethodNotAllowed, "/record") => "Allow: POST\r\n",
-            (Status::MethodNotAllowed, _) => "Allow: GET, HEAD\r\n",
-            _ => "",
-        };
-        log::debug!("refused {} {}: {}", method_name(head), head.path, error);
-        http::write_error(out, &error, persistence, allow);
+    match result {
+        Ok(routed) => {
+            let status = if routed == Routed::Upgrade { 101 } else { 200 };
+            app.stats.answered(route, status);
+            routed
+        }
+        Err((error, extra)) => {
+            log::debug!("refused {} {}: {error}", method_name(head), head.path);
+            app.stats.answered(route, error.status.code());
+            let common = &app.security.headers;
+            http::write_error(out, &error, persistence, extra, common);
+            Routed::Answered
+        }
     }
-    Routed::Answered
 }
 
 fn method_name(head: &Head) -> &'static str {
@@ -57,11 +79,21 @@ fn method_name(head: &Head) -> &'static str {
     }
 }
 
-fn wrong_method(path: &str, allowed: &str) -> HttpError {
-    HttpError::request(
+fn wrong_method(path: &str, allowed: &'static str) -> Refused {
+    let error = HttpError::request(
         Status::MethodNotAllowed,
         format!("{path} accepts only {allowed}"),
-    )
+    );
+    let header = match allowed {
+        "POST" => "Allow: POST\r\n",
+        "GET" => "Allow: GET\r\n",
+        _ => "Allow: GET, HEAD\r\n",
+    };
+    (error, header)
+}
+
+fn unauthorized(error: HttpError) -> Refused {
+    (error, "WWW-Authenticate: Bearer realm=\"metricast\"\r\n")
 }
 
 fn record(
@@ -70,21 +102,25 @@ fn record(
     body: &[u8],
     persistence: Persistence,
     out: &mut Vec<u8>,
-) -> Result<(), HttpError> {
+) -> Result<Routed, Refused> {
     if head.method != Method::Post {
         return Err(wrong_method("/record", "POST"));
     }
+    app.security.check_record(head).map_err(unauthorized)?;
     app.record(body).map_err(|refusal| {
-        HttpError::request(Status::BadRequest, refusal.to_string())
+        (HttpError::request(Status::BadRequest, refusal.to_string()), "")
     })?;
+    let common = &app.security.headers;
+    let answer = Answer::default();
     http::write_answer(
         out,
         Status::Ok,
         persistence,
-        Answer::default(),
+        answer,
+        common,
         wire::RECORDED_BODY,
     );
-    Ok(())
+    Ok(Routed::Answered)
 }
 
 fn metrics(
@@ -92,46 +128,69 @@ fn metrics(
     head: &Head,
     persistence: Persistence,
     out: &mut Vec<u8>,
-) -> Result<(), HttpError> {
+) -> Result<Routed, Refused> {
     let head_only = match head.method {
         Method::Get => false,
         Method::Head => true,
         _ => return Err(wrong_method("/metrics", "GET and HEAD")),
     };
-    let answer = Answer { head_only, ..Answer::default() };
-    http::write_answer(out, Status::Ok, persistence, answer, app.store.json());
-    Ok(())
+    app.security.check_read(head).map_err(unauthorized)?;
+    let format = prometheus::negotiate(&head.query, head.accept.as_deref())
+        .map_err(|e| (HttpError::request(Status::BadRequest, e), ""))?;
+    // Caches must keep JSON and text apart.
+    let extra = "Vary: Accept\r\n";
+    let common = &app.security.headers;
+    let content_type = match format {
+        Format::Json => {
+            let answer =
+                Answer { head_only, extra_headers: extra, content_type: None };
+            let body = app.store.json();
+            http::write_answer(
+                out,
+                Status::Ok,
+                persistence,
+                answer,
+                common,
+                body,
+            );
+            return Ok(Routed::Answered);
+        }
+        Format::Text => prometheus::TEXT_TYPE,
+        Format::OpenMetrics => prometheus::OPENMETRICS_TYPE,
+    };
+    let body = prometheus::encode(&app.store, &app.stats, format);
+    let answer = Answer {
+        head_only,
+        extra_headers: extra,
+        content_type: Some(content_type),
+    };
+    http::write_answer(out, Status::Ok, persistence, answer, common, &body);
+    Ok(Routed::Answered)
 }
 
 fn dashboard(
+    app: &App,
     head: &Head,
-    persistence: Persistence,
     out: &mut Vec<u8>,
-) -> Routed {
-    match accept_upgrade(head) {
-        Ok(accept) => {
-            let _ = std::io::Write::write_fmt(
-                out,
-                format_args!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                ),
-            );
-            Routed::Upgrade
-        }
-        Err((error, extra)) => {
-            log::debug!("refused dashboard upgrade: {error}");
-            http::write_error(out, &error, persistence, extra);
-            Routed::Answered
-        }
+) -> Result<Routed, Refused> {
+    if head.method != Method::Get {
+        return Err(wrong_method("/dashboard", "GET"));
     }
+    app.security.check_read(head).map_err(unauthorized)?;
+    app.security.check_origin(head).map_err(|e| (e, ""))?;
+    let accept = accept_key(head)?;
+    let _ = std::io::Write::write_fmt(
+        out,
+        format_args!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        ),
+    );
+    Ok(Routed::Upgrade)
 }
 
-/// Checks an upgrade request and derives its `Sec-WebSocket-Accept`.
-fn accept_upgrade(head: &Head) -> Result<String, (HttpError, &'static str)> {
-    if head.method != Method::Get {
-        return Err((wrong_method("/dashboard", "GET"), "Allow: GET\r\n"));
-    }
+/// Checks the upgrade headers and derives `Sec-WebSocket-Accept`.
+fn accept_key(head: &Head) -> Result<String, Refused> {
     let Some(upgrade) = &head.upgrade else {
         return Err((
             HttpError::request(

@@ -74,6 +74,21 @@ impl Store {
         }
     }
 
+    /// Each metric's name, count and sum, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64, Number)> {
+        self.metrics.iter().map(|(name, m)| (&**name, m.count, m.sum))
+    }
+
+    /// How many metrics are held.
+    pub fn len(&self) -> usize {
+        self.metrics.len()
+    }
+
+    /// Whether no metric is held.
+    pub fn is_empty(&self) -> bool {
+        self.metrics.is_empty()
+    }
+
     /// Applies a validated record, or changes nothing and says why not.
     pub fn apply(&mut self, record: &Record<'_>) -> Result<(), StoreError> {
         if let Some(metric) = self.metrics.get_mut(&*record.metric) {
