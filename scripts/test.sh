@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v gzip >/dev/null || need_apt+=(gzip)
+# promtool and a real Prometheus server, for the exposition tests.
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need_apt+=(prometheus)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

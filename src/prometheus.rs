@@ -11,7 +11,8 @@
 //! that starts with a digit, and `user_` to one that starts with `__`
 //! (reserved by Prometheus) or `metricast_` (the server's own series). A
 //! valid name is never changed; names that collide after mapping get `_2`,
-//! `_3`, … in the order of their original names.
+//! `_3`, … in the order of their original names. A trailing `_total` is
+//! dropped, since Prometheus keeps that suffix for counters.
 
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -157,6 +158,9 @@ fn sanitize(name: &str) -> String {
     }
     if out.starts_with("__") || out.starts_with("metricast_") {
         out.insert_str(0, "user_");
+    }
+    if out.len() > "_total".len() && out.ends_with("_total") {
+        out.truncate(out.len() - "_total".len());
     }
     out
 }
@@ -322,10 +326,11 @@ mod tests {
             "__x",
             "metricast_up",
             "ok",
+            "ok_total",
         ]);
         let names: Vec<String> = exposed_names(&store);
         // Store order is by original name: "9lives", "__x", "a-b", "a.b",
-        // "a_b", "metricast_up", "ok".
+        // "a_b", "metricast_up", "ok", "ok_total".
         assert_eq!(
             names,
             [
@@ -335,7 +340,8 @@ mod tests {
                 "a_b_3",
                 "a_b",
                 "user_metricast_up",
-                "ok"
+                "ok",
+                "ok_2"
             ]
         );
     }
