@@ -452,6 +452,9 @@ impl Reactor {
 
     /// Drops the connections marked closed this turn.
     fn reap(&mut self) {
+        if self.to_close.is_empty() {
+            return;
+        }
         for key in self.to_close.drain(..) {
             let Some(slot) = self.conns.try_remove(key) else { continue };
             match slot.conn {
@@ -468,6 +471,15 @@ impl Reactor {
             }
             // Dropping the socket closes it, which also removes it from
             // the poll set.
+        }
+        if self.timers.len() > 4 * self.conns.len() + 4096 {
+            let conns = &self.conns;
+            self.timers.retain(|id| match id {
+                TimerId::Connection { key, serial } => {
+                    conns.get(key).is_some_and(|slot| slot.serial == serial)
+                }
+                _ => true,
+            });
         }
     }
 }

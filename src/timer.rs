@@ -55,6 +55,13 @@ impl Timers {
         }
     }
 
+    /// Keeps only the deadlines for which `keep` says yes. Entries of
+    /// closed connections are otherwise only dropped when they fall due,
+    /// which under heavy connection churn can take a whole idle timeout.
+    pub fn retain(&mut self, mut keep: impl FnMut(TimerId) -> bool) {
+        self.heap.retain(|Reverse((_, id))| keep(*id));
+    }
+
     /// How many deadlines are pending.
     pub fn len(&self) -> usize {
         self.heap.len()
@@ -84,5 +91,19 @@ mod tests {
         assert_eq!(timers.pop_due(later), Some(TimerId::Keepalive));
         assert_eq!(timers.pop_due(later), Some(conn));
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn retain_drops_the_deadlines_of_closed_connections() {
+        let at = Instant::now();
+        let mut timers = Timers::default();
+        for key in 0..10 {
+            timers.push(at, TimerId::Connection { key, serial: 1 });
+        }
+        timers.push(at, TimerId::Keepalive);
+        timers.retain(
+            |id| !matches!(id, TimerId::Connection { key, .. } if key % 2 == 1),
+        );
+        assert_eq!(timers.len(), 6);
     }
 }
