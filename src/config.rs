@@ -90,7 +90,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub enum Command {
     /// Run the server.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print the help text.
     Help,
     /// Print the version.
@@ -203,7 +203,7 @@ pub fn parse(
     } else {
         origins
     };
-    Ok(Command::Serve(config))
+    Ok(Command::Serve(Box::new(config)))
 }
 
 fn build(
@@ -320,7 +320,7 @@ mod tests {
             env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         match parse(&args, env)? {
-            Command::Serve(c) => Ok(c),
+            Command::Serve(c) => Ok(*c),
             other => panic!("unexpected {other:?}"),
         }
     }

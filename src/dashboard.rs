@@ -106,7 +106,11 @@ impl Dashboard {
         app: &mut App,
         now: Instant,
     ) -> Dashboard {
-        let stream = WsStream { tcp: parts.stream, hold: false, heard: false };
+        let sub = Subscriber::join(&mut app.feed, parts.output);
+        // Until the 101 answer is out, tungstenite must not write: a pong
+        // for a ping that came with the upgrade would otherwise precede it.
+        let hold = sub.holds_socket(&app.feed);
+        let stream = WsStream { tcp: parts.stream, hold, heard: false };
         let ws = WebSocket::from_partially_read(
             stream,
             parts.input,
@@ -117,7 +121,7 @@ impl Dashboard {
         Dashboard {
             ws,
             peer: parts.peer,
-            sub: Subscriber::join(&mut app.feed, parts.output),
+            sub,
             phase: Phase::Open,
             last_heard: now,
             blocked: false,
@@ -181,7 +185,7 @@ impl Dashboard {
     pub fn write(&mut self, app: &mut App) -> Outcome {
         let mut budget = WRITE_BUDGET;
         while !self.blocked && budget > 0 {
-            if !self.sub.mid_frame(&app.feed) {
+            if !self.sub.holds_socket(&app.feed) {
                 self.ws.get_mut().hold = false;
                 match self.ws.flush() {
                     Ok(()) => {}
@@ -216,7 +220,7 @@ impl Dashboard {
                 }
             }
         }
-        self.ws.get_mut().hold = self.sub.mid_frame(&app.feed);
+        self.ws.get_mut().hold = self.sub.holds_socket(&app.feed);
         Outcome::Open
     }
 
@@ -282,7 +286,7 @@ impl Dashboard {
             return;
         }
         self.sub.stop_following(&mut app.feed);
-        self.ws.get_mut().hold = self.sub.mid_frame(&app.feed);
+        self.ws.get_mut().hold = self.sub.holds_socket(&app.feed);
         let frame = CloseFrame { code, reason: "server shutting down".into() };
         // The close frame is queued even when the socket cannot take it
         // now; `write` sends it once the current frame is complete.

@@ -152,6 +152,9 @@ pub struct Subscriber {
     want_snapshot: bool,
     /// Whether the feed may be sent; false once the dashboard is closing.
     following: bool,
+    /// `private` holds the HTTP answers that precede the WebSocket, which
+    /// must reach the socket before any frame at all.
+    preamble: bool,
 }
 
 /// What a resync did, for the log and the counters.
@@ -168,12 +171,14 @@ impl Subscriber {
     /// follows it.
     pub fn join(feed: &mut Feed, preamble: Vec<u8>) -> Subscriber {
         feed.subscribers += 1;
-        let private = (!preamble.is_empty()).then(|| (preamble.into(), 0));
+        let has_preamble = !preamble.is_empty();
+        let private = has_preamble.then(|| (preamble.into(), 0));
         Subscriber {
             cursor: feed.head(),
             private,
             want_snapshot: true,
             following: true,
+            preamble: has_preamble,
         }
     }
 
@@ -190,11 +195,12 @@ impl Subscriber {
         (self.following && !self.want_snapshot).then_some(self.cursor)
     }
 
-    /// Whether a frame is partly sent. Nothing else may be written to the
-    /// socket until it is complete.
-    pub fn mid_frame(&self, feed: &Feed) -> bool {
+    /// Whether the socket is ours alone for now: a frame is partly sent,
+    /// or the upgrade answer has not gone out. Nothing else may be written
+    /// until that is done.
+    pub fn holds_socket(&self, feed: &Feed) -> bool {
         match &self.private {
-            Some((_, sent)) => *sent > 0,
+            Some((_, sent)) => *sent > 0 || self.preamble,
             None => !feed.is_boundary(self.cursor),
         }
     }
@@ -291,6 +297,7 @@ impl Subscriber {
             n -= take;
             if *sent == bytes.len() {
                 self.private = None;
+                self.preamble = false;
             }
         }
         let from = self.cursor;
@@ -356,7 +363,7 @@ mod tests {
             [fast.needs_from(), slow.needs_from()].into_iter().flatten().min();
         feed.trim(oldest.unwrap());
         assert_eq!(feed.queued(), 3 * 4 - 5);
-        assert!(slow.mid_frame(&feed));
+        assert!(slow.holds_socket(&feed));
         let rest = drain(&mut slow, &feed, &snap, 100);
         assert_eq!(rest.len(), 7);
     }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             println!("metricast {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Ok(Command::Serve(config)) => serve(config),
+        Ok(Command::Serve(config)) => serve(*config),
         Err(e) => {
             eprintln!("metricast: {e}");
             ExitCode::from(2)

@@ -332,15 +332,16 @@ impl Reactor {
                 ) {
                     connection::Outcome::Open => false,
                     connection::Outcome::Close => true,
-                    connection::Outcome::Upgrade => {
-                        self.upgrade(key, now);
-                        false
-                    }
+                    connection::Outcome::Upgrade => self.upgrade(key, now),
                 }
             }
             Connection::Dashboard(dash) => {
-                dash.on_ready(&mut self.app, now, event.is_writable())
-                    == dashboard::Outcome::Close
+                let outcome =
+                    dash.on_ready(&mut self.app, now, event.is_writable());
+                // A write stopped by its budget, not by a full socket, gets
+                // no new event; the next turn's pass must continue it.
+                self.dashboards_dirty |= dash.wants_write(&self.app);
+                outcome == dashboard::Outcome::Close
             }
             Connection::Closed => return,
         };
@@ -351,18 +352,25 @@ impl Reactor {
         }
     }
 
-    fn upgrade(&mut self, key: usize, now: Instant) {
+    /// Turns an HTTP connection into a dashboard; returns whether it
+    /// closed at once.
+    fn upgrade(&mut self, key: usize, now: Instant) -> bool {
         let slot = &mut self.conns[key];
         let Connection::Http(http) =
             std::mem::replace(&mut slot.conn, Connection::Closed)
         else {
-            return;
+            return true;
         };
-        let dash = Dashboard::accept(http.into_upgrade(), &mut self.app, now);
-        slot.conn = Connection::Dashboard(dash);
+        let mut dash =
+            Dashboard::accept(http.into_upgrade(), &mut self.app, now);
         self.app.stats.open_http -= 1;
         self.app.stats.open_dashboards += 1;
+        // Frames that came in the same packets as the upgrade request are
+        // already off the socket, so no readiness event will announce them.
+        let outcome = dash.on_ready(&mut self.app, now, false);
         self.dashboards_dirty = true;
+        slot.conn = Connection::Dashboard(dash);
+        outcome == dashboard::Outcome::Close
     }
 
     /// Queues the connection's next deadline unless an earlier one is queued.
