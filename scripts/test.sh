@@ -6,14 +6,26 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v gzip >/dev/null || need_apt+=(gzip)
+# The nginx test makes a throwaway TLS certificate.
+command -v openssl >/dev/null || need_apt+=(openssl)
 # promtool and a real Prometheus server, for the exposition tests.
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need_apt+=(prometheus)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    # Debian starts a package's service on install (nginx on port 80 of
+    # every interface); the tests start their own instances on loopback,
+    # so a temporary policy forbids that, unless the machine has one.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod +x "$policy"
+        trap '$SUDO rm -f "$policy"' EXIT
+    fi
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq "${need_apt[@]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
 # The Python WebSocket client the tests drive the server with, in a venv of

@@ -90,7 +90,7 @@ fn check_token(
         }
         Some(_) => Err(HttpError::request(
             Status::Unauthorized,
-            "the bearer token is wrong",
+            "the token given does not match this server's",
         )),
         None => Err(HttpError::request(
             Status::Unauthorized,
