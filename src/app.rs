@@ -49,22 +49,25 @@ impl App {
 
     /// Validates and stores a record, then publishes its update.
     pub fn record(&mut self, body: &[u8]) -> Result<(), Refusal> {
-        let record = record::parse(body).map_err(|e| {
+        let mut record = record::parse(body).map_err(|e| {
             self.stats.refused(stats::invalid_reason(&e));
             Refusal::Invalid(e)
         })?;
-        self.store.apply(&record).map_err(|e| {
+        let kept = self.store.apply(&mut record).map_err(|e| {
             self.stats.refused(stats::rejected_reason(&e));
             Refusal::Rejected(e)
         })?;
         self.stats.records_accepted += 1;
+        let store = &self.store;
         self.feed.publish_text(|out| {
-            wire::metric_update(
-                &record.metric,
-                record.value,
-                record.metadata.as_deref(),
-                out,
-            )
+            // Metadata the store kept has moved there; with a metadata
+            // limit of 0 it is still in the record.
+            let metadata = if kept {
+                store.newest_metadata(&record.metric)
+            } else {
+                record.metadata.as_deref()
+            };
+            wire::metric_update(&record.metric, record.value, metadata, out)
         });
         Ok(())
     }

@@ -72,7 +72,30 @@ impl fmt::Display for Decimal {
     /// JSON readers see a float, as the wire format promises.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.mantissa < 0 { "-" } else { "" };
-        let digits = self.mantissa.unsigned_abs().to_string();
+        // Digits are laid out on the stack: this runs for every update and
+        // every metric of a snapshot, where an allocation would dominate.
+        let mut buf = [0u8; 40];
+        let mut at = buf.len();
+        let magnitude = self.mantissa.unsigned_abs();
+        // 128-bit division is slow; nearly every value fits in 64 bits.
+        if let Ok(mut rest) = u64::try_from(magnitude) {
+            loop {
+                at -= 1;
+                buf[at] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut rest = magnitude;
+            while rest > 0 {
+                at -= 1;
+                buf[at] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+        }
+        let digits = std::str::from_utf8(&buf[at..]).map_err(|_| fmt::Error)?;
         let scale = self.scale as usize;
         if scale == 0 {
             return write!(f, "{sign}{digits}.0");

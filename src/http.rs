@@ -5,6 +5,7 @@
 //! gets back either a complete request or an [`HttpError`] that already
 //! knows its status code and whether the connection can be trusted after it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 
@@ -155,8 +156,9 @@ pub enum BodyFraming {
 pub struct Head {
     /// The method.
     pub method: Method,
-    /// The path, without the query.
-    pub path: String,
+    /// The path, without the query. The server's own paths are borrowed
+    /// from constants, so routine requests allocate nothing for it.
+    pub path: Cow<'static, str>,
     /// The query string, without the `?`.
     pub query: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -170,7 +172,7 @@ pub struct Head {
     /// The headers a WebSocket upgrade needs, when it asked for one.
     pub upgrade: Option<Upgrade>,
     /// The `Accept` header, if any.
-    pub accept: Option<String>,
+    pub accept: Option<Cow<'static, str>>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
     /// The `Origin` header, if any.
@@ -229,7 +231,7 @@ pub fn parse_head(
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut head = Head {
         method,
-        path: path.to_owned(),
+        path: intern(path, crate::router::PATHS),
         query: query.to_owned(),
         minor_version,
         keep_alive: minor_version >= 1,
@@ -242,6 +244,14 @@ pub fn parse_head(
     };
     read_headers(req.headers, &mut head)?;
     Ok(Some((head, len)))
+}
+
+/// Borrows `text` from `known` when it is one of them.
+fn intern(text: &str, known: &[&'static str]) -> Cow<'static, str> {
+    match known.iter().find(|k| **k == text) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(text.to_owned()),
+    }
 }
 
 fn head_too_large(max_head: usize) -> HttpError {
@@ -302,7 +312,7 @@ fn read_headers(
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             version = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("accept") {
-            head.accept = Some(value.to_owned());
+            head.accept = Some(intern(value, &["*/*"]));
         } else if name.eq_ignore_ascii_case("authorization") {
             head.authorization = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
@@ -563,7 +573,7 @@ mod tests {
         }
         let (h, len) = head(full).unwrap().unwrap();
         assert_eq!(
-            (h.method, h.path.as_str(), len),
+            (h.method, &*h.path, len),
             (Method::Get, "/metrics", full.len())
         );
     }

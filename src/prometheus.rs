@@ -311,7 +311,7 @@ mod tests {
         for name in names {
             let body =
                 serde_json::json!({"metric": name, "value": 2.5}).to_string();
-            store.apply(&record::parse(body.as_bytes()).unwrap()).unwrap();
+            store.apply(&mut record::parse(body.as_bytes()).unwrap()).unwrap();
         }
         store
     }

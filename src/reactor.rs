@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixStream};
@@ -95,6 +96,13 @@ impl Reactor {
     pub fn bind(config: Config, signals: UnixStream) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
+        // mio listens with a queue of 128; a crowd of dashboards
+        // reconnecting after a restart overflows that, and each dropped
+        // handshake costs its client a one-second retry. Listening again
+        // raises the queue to the kernel's maximum.
+        if unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let mut signals = signals;
         poll.registry().register(
             &mut listener,

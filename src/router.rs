@@ -19,6 +19,9 @@ pub enum Routed {
 /// A refusal with the extra header lines that go with it.
 type Refused = (HttpError, &'static str);
 
+/// The paths the server answers.
+pub const PATHS: &[&str] = &["/record", "/metrics", "/dashboard"];
+
 /// The route label of a path, for the server's own counters.
 pub fn route_label(path: &str) -> &'static str {
     match path {

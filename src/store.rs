@@ -24,6 +24,21 @@ struct Metric {
     metadata: VecDeque<Box<str>>,
 }
 
+impl Metric {
+    /// Moves the record's metadata, if any, to the end of the bounded list.
+    fn keep(&mut self, record: &mut Record<'_>, limit: usize) -> bool {
+        if limit == 0 {
+            return false;
+        }
+        let Some(metadata) = record.metadata.take() else { return false };
+        if self.metadata.len() >= limit {
+            self.metadata.pop_front();
+        }
+        self.metadata.push_back(metadata.into_boxed_str());
+        true
+    }
+}
+
 /// Why the store refused a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -90,29 +105,39 @@ impl Store {
     }
 
     /// Applies a validated record, or changes nothing and says why not.
-    pub fn apply(&mut self, record: &Record<'_>) -> Result<(), StoreError> {
+    ///
+    /// The record's metadata moves into the store, which saves a copy per
+    /// record; the result says whether it was kept, and
+    /// [`newest_metadata`](Self::newest_metadata) then lends it out.
+    pub fn apply(
+        &mut self,
+        record: &mut Record<'_>,
+    ) -> Result<bool, StoreError> {
+        self.json = None;
+        self.snapshot = None;
+        let limit = self.metadata_limit;
         if let Some(metric) = self.metrics.get_mut(&*record.metric) {
             metric.sum = metric
                 .sum
                 .checked_add(record.value)
                 .ok_or(StoreError::SumOverflow)?;
             metric.count += 1;
-            push_bounded(&mut metric.metadata, record, self.metadata_limit);
-        } else {
-            if self.metrics.len() >= self.max_metrics {
-                return Err(StoreError::TooManyMetrics(self.max_metrics));
-            }
-            let sum = Number::Exact(Decimal::ZERO)
-                .checked_add(record.value)
-                .ok_or(StoreError::SumOverflow)?;
-            let mut metric =
-                Metric { count: 1, sum, metadata: VecDeque::new() };
-            push_bounded(&mut metric.metadata, record, self.metadata_limit);
-            self.metrics.insert(record.metric.as_ref().into(), metric);
+            return Ok(metric.keep(record, limit));
         }
-        self.json = None;
-        self.snapshot = None;
-        Ok(())
+        if self.metrics.len() >= self.max_metrics {
+            return Err(StoreError::TooManyMetrics(self.max_metrics));
+        }
+        let sum = Number::Exact(Decimal::ZERO)
+            .checked_add(record.value)
+            .ok_or(StoreError::SumOverflow)?;
+        let fresh = Metric { count: 1, sum, metadata: VecDeque::new() };
+        let metric = self.metrics.entry(record.metric.as_ref().into());
+        Ok(metric.or_insert(fresh).keep(record, limit))
+    }
+
+    /// The newest metadata object kept for `name`.
+    pub fn newest_metadata(&self, name: &str) -> Option<&str> {
+        self.metrics.get(name)?.metadata.back().map(|m| &**m)
     }
 
     /// The state as the JSON object `GET /metrics` returns.
@@ -126,22 +151,10 @@ impl Store {
         if let Some(frame) = &self.snapshot {
             return Rc::clone(frame);
         }
-        let frame: Rc<[u8]> =
-            wire::text_frame(&wire::snapshot(self.json())).into();
+        let frame: Rc<[u8]> = wire::snapshot_frame(self.json()).into();
         self.snapshot = Some(Rc::clone(&frame));
         frame
     }
-}
-
-fn push_bounded(list: &mut VecDeque<Box<str>>, record: &Record, limit: usize) {
-    let Some(metadata) = &record.metadata else { return };
-    if limit == 0 {
-        return;
-    }
-    if list.len() >= limit {
-        list.pop_front();
-    }
-    list.push_back(metadata.as_str().into());
 }
 
 fn encode(metrics: &BTreeMap<Box<str>, Metric>) -> Vec<u8> {
@@ -175,7 +188,7 @@ mod tests {
     use crate::record;
 
     fn record(store: &mut Store, body: &str) -> Result<(), StoreError> {
-        store.apply(&record::parse(body.as_bytes()).unwrap())
+        store.apply(&mut record::parse(body.as_bytes()).unwrap()).map(|_| ())
     }
 
     fn state(store: &mut Store) -> serde_json::Value {

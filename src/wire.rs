@@ -55,14 +55,17 @@ pub fn metric_update(
     out.push(b'}');
 }
 
-/// Encodes the `snapshot` message around an already encoded state object.
-pub fn snapshot(state: &[u8]) -> Vec<u8> {
+/// The `snapshot` message around an already encoded state object, as a
+/// complete text frame.
+pub fn snapshot_frame(state: &[u8]) -> Vec<u8> {
     const HEAD: &[u8] = b"{\"event\":\"snapshot\",\"data\":";
-    let mut payload = Vec::with_capacity(HEAD.len() + state.len() + 1);
-    payload.extend_from_slice(HEAD);
-    payload.extend_from_slice(state);
-    payload.push(b'}');
-    payload
+    let len = HEAD.len() + state.len() + 1;
+    let mut frame = Vec::with_capacity(len + 10);
+    text_frame_header(len, &mut frame);
+    frame.extend_from_slice(HEAD);
+    frame.extend_from_slice(state);
+    frame.push(b'}');
+    frame
 }
 
 /// Encodes the body of an error answer.
