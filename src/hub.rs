@@ -77,10 +77,9 @@ impl Feed {
         let mut payload = std::mem::take(&mut self.scratch);
         payload.clear();
         encode(&mut payload);
-        let mut header = Vec::with_capacity(10);
-        wire::text_frame_header(payload.len(), &mut header);
+        let (header, used) = wire::text_frame_header_bytes(payload.len());
         self.starts.push_back(self.head());
-        self.bytes.extend(&header);
+        self.bytes.extend(&header[..used]);
         self.bytes.extend(&payload);
         self.scratch = payload;
     }

@@ -20,8 +20,10 @@ use crate::wire;
 struct Metric {
     count: u64,
     sum: Number,
-    /// Compact JSON objects, oldest first.
-    metadata: VecDeque<Box<str>>,
+    /// Compact JSON objects, oldest first. Kept as the `String` the record
+    /// was parsed into: shrinking it to a `Box<str>` would cost a
+    /// reallocation per record for a few bytes of capacity.
+    metadata: VecDeque<String>,
 }
 
 impl Metric {
@@ -34,7 +36,7 @@ impl Metric {
         if self.metadata.len() >= limit {
             self.metadata.pop_front();
         }
-        self.metadata.push_back(metadata.into_boxed_str());
+        self.metadata.push_back(metadata);
         true
     }
 }
@@ -137,7 +139,7 @@ impl Store {
 
     /// The newest metadata object kept for `name`.
     pub fn newest_metadata(&self, name: &str) -> Option<&str> {
-        self.metrics.get(name)?.metadata.back().map(|m| &**m)
+        self.metrics.get(name)?.metadata.back().map(String::as_str)
     }
 
     /// The state as the JSON object `GET /metrics` returns.

@@ -15,15 +15,25 @@ pub const PING_FRAME: &[u8] = b"\x89\x00";
 
 /// Writes the header of an unmasked, final text frame of `len` bytes.
 pub fn text_frame_header(len: usize, out: &mut Vec<u8>) {
-    out.push(0x81);
+    let (header, used) = text_frame_header_bytes(len);
+    out.extend_from_slice(&header[..used]);
+}
+
+/// The header of an unmasked, final text frame of `len` bytes, and how many
+/// of the returned bytes it uses.
+pub fn text_frame_header_bytes(len: usize) -> ([u8; 10], usize) {
+    let mut header = [0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     if len < 126 {
-        out.push(len as u8);
+        header[1] = len as u8;
+        (header, 2)
     } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        (header, 4)
     } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, 10)
     }
 }
 
