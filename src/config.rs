@@ -34,6 +34,8 @@ pub struct Config {
     /// Bytes a dashboard may fall behind before its queued updates are
     /// dropped in favour of a fresh snapshot.
     pub max_dashboard_lag: usize,
+    /// How long broadcasts gather before dashboards are written to.
+    pub dashboard_flush: Duration,
     /// Log verbosity.
     pub log_level: LevelFilter,
     /// Bearer token `POST /record` requires, if any.
@@ -76,6 +78,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_dashboard_lag: 1024 * 1024,
+            dashboard_flush: Duration::ZERO,
             log_level: LevelFilter::Info,
             record_token: None,
             read_token: None,
@@ -121,6 +124,7 @@ const OPTIONS: &[(&str, &str, &str)] = &[
     ("request-timeout", "SECS", "time for a started request to arrive [10]"),
     ("idle-timeout", "SECS", "time an idle keep-alive connection stays open [60]"),
     ("max-dashboard-lag", "BYTES", "output a dashboard may fall behind before it is resynced [1048576]"),
+    ("dashboard-flush-ms", "MS", "how long updates gather before dashboards are written to; 0 writes every loop turn [0]"),
     ("log-level", "LEVEL", "off, error, warn, info, debug or trace [info]"),
     ("record-token", "TOKEN", "require Authorization: Bearer TOKEN on POST /record [none]"),
     ("read-token", "TOKEN", "require the bearer TOKEN (or ?access_token=) on /metrics and /dashboard [none]"),
@@ -222,6 +226,7 @@ fn build(
     set(&lookup, "request-timeout", &mut c.request_timeout, seconds)?;
     set(&lookup, "idle-timeout", &mut c.idle_timeout, seconds)?;
     set(&lookup, "max-dashboard-lag", &mut c.max_dashboard_lag, positive)?;
+    set(&lookup, "dashboard-flush-ms", &mut c.dashboard_flush, millis)?;
     set(&lookup, "log-level", &mut c.log_level, level)?;
     set(&lookup, "record-token", &mut c.record_token, token)?;
     set(&lookup, "read-token", &mut c.read_token, token)?;
@@ -264,6 +269,13 @@ fn seconds(value: &str) -> Result<Duration, &'static str> {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(EXPECTED)
+    }
+}
+
+fn millis(value: &str) -> Result<Duration, &'static str> {
+    match u64::from_str(value) {
+        Ok(ms) if ms <= 1000 => Ok(Duration::from_millis(ms)),
+        _ => Err("a whole number of milliseconds from 0 to 1000"),
     }
 }
 

@@ -30,6 +30,9 @@ const SIGNALS: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
 /// How long a stopping server waits for owed answers and close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest the dashboard flush window grows to when writing to many
+/// dashboards takes long.
+const MAX_FLUSH_WINDOW: Duration = Duration::from_millis(25);
 /// Pause before accepting again after running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -85,6 +88,10 @@ pub struct Reactor {
     to_close: Vec<usize>,
     /// Feed head at the last dashboard write pass.
     flushed_head: u64,
+    /// When gathered broadcasts are next written to dashboards.
+    flush_due: Option<Instant>,
+    /// How long broadcasts gather before they are written.
+    flush_window: Duration,
     /// A dashboard still has writable output, or dashboards came or went.
     dashboards_dirty: bool,
     refusal_503: Vec<u8>,
@@ -117,6 +124,7 @@ impl Reactor {
             idle_timeout: config.idle_timeout,
         };
         let security = Security::from_config(&config);
+        let flush_window = config.dashboard_flush;
         let mut refusal_503 = Vec::new();
         let error = HttpError::fatal(
             Status::Unavailable,
@@ -151,6 +159,8 @@ impl Reactor {
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             to_close: Vec::new(),
             flushed_head: 0,
+            flush_due: None,
+            flush_window,
             dashboards_dirty: false,
             refusal_503,
         })
@@ -180,7 +190,7 @@ impl Reactor {
                 self.dispatch(event, now);
             }
             self.fire_timers(now);
-            self.write_dashboards();
+            self.write_dashboards(now);
             self.reap();
             if let RunState::Stopping { until } = self.state {
                 if self.conns.is_empty() {
@@ -203,6 +213,9 @@ impl Reactor {
             return Some(Duration::ZERO);
         }
         let mut next = self.timers.next();
+        if let Some(due) = self.flush_due {
+            next = Some(next.map_or(due, |t| t.min(due)));
+        }
         if let RunState::Stopping { until } = self.state {
             next = Some(next.map_or(until, |t| t.min(until)));
         }
@@ -437,15 +450,31 @@ impl Reactor {
         }
     }
 
-    /// Gives every dashboard its write for this turn, resyncs the ones
-    /// that fell too far behind and trims the feed.
-    fn write_dashboards(&mut self) {
+    /// Gives every dashboard its write, resyncs the ones that fell too far
+    /// behind and trims the feed.
+    ///
+    /// Broadcasts gather for the flush window first: one write per
+    /// dashboard is a system call whatever it carries, so a few
+    /// milliseconds of gathering divide the cost of a fan-out by the
+    /// number of updates it catches. The window widens to the time the
+    /// last pass took, so that with very many dashboards writing cannot
+    /// take more than about half of the loop. A window of zero turns all
+    /// of this off: every turn writes what it has.
+    fn write_dashboards(&mut self, now: Instant) {
         let head = self.app.feed.head();
-        if head == self.flushed_head && !self.dashboards_dirty {
+        if head != self.flushed_head && self.flush_due.is_none() {
+            self.flush_due = Some(now + self.flush_window);
+        }
+        let due = self.flush_due.is_some_and(|at| at <= now);
+        if !due && !self.dashboards_dirty {
             return;
+        }
+        if due {
+            self.flush_due = None;
         }
         self.flushed_head = head;
         self.dashboards_dirty = false;
+        let started = Instant::now();
         let mut oldest = head;
         for (key, slot) in self.conns.iter_mut() {
             let Connection::Dashboard(dash) = &mut slot.conn else { continue };
@@ -460,6 +489,11 @@ impl Reactor {
             }
         }
         self.app.feed.trim(oldest);
+        let took = started.elapsed();
+        let configured = self.config.dashboard_flush;
+        if !configured.is_zero() {
+            self.flush_window = configured.max(took.min(MAX_FLUSH_WINDOW));
+        }
     }
 
     fn close(&mut self, key: usize) {

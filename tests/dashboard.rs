@@ -742,3 +742,37 @@ fn a_client_close_is_answered_with_a_close() {
         other => panic!("expected the server to hang up, got {other:?}"),
     }
 }
+
+/// Reads a `metricast_*` counter from the Prometheus exposition.
+fn self_metric(server: &Server, name: &str) -> f64 {
+    let text = util::curl(&[&server.url("/metrics?format=prometheus")]);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+#[test]
+fn a_flush_window_gathers_updates_into_fewer_writes_and_loses_none() {
+    let server = Server::start(&["--dashboard-flush-ms", "100"]);
+    let mut ws = open_dashboard(server.addr);
+    assert_eq!(
+        next_event(&mut ws, Duration::from_secs(5)).1["event"],
+        "snapshot"
+    );
+    let writes_before =
+        self_metric(&server, "metricast_dashboard_writes_total");
+    let mut recorder = Recorder::connect(server.addr);
+    // Posted one at a time, each in its own loop turn, within the window.
+    for i in 0..10 {
+        let body = format!(r#"{{"metric":"gathered","value":{i}}}"#);
+        assert_eq!(recorder.post_all(&[body]), [200]);
+    }
+    for i in 0..10 {
+        let (_, event) = next_non_keepalive(&mut ws, Duration::from_secs(5));
+        assert_eq!(event, update("gathered", f64::from(i), Value::Null));
+    }
+    let writes = self_metric(&server, "metricast_dashboard_writes_total")
+        - writes_before;
+    assert!(writes <= 3.0, "10 updates took {writes} writes");
+}
