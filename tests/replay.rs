@@ -6,16 +6,17 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use util::python::PythonDashboard;
 use util::Server;
 
 /// Rows in the data files, as `tests/data/README.md` gives them.
@@ -264,93 +265,6 @@ fn assert_dashboard_saw_every_record(messages: &[String], records: &[&str]) {
     assert_eq!(updates.len(), records.len(), "one update per record");
 }
 
-/// `tests/python/dashboard_client.py` following one server until it has
-/// `expect` updates; killed when dropped so a failing test leaves nothing
-/// running.
-struct PythonDashboard {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl PythonDashboard {
-    /// Returns once the client has its snapshot: every record accepted
-    /// after that reaches it.
-    fn subscribe(
-        server: &Server,
-        expect: usize,
-        timeout_secs: u64,
-    ) -> PythonDashboard {
-        let mut child = Command::new(util::python())
-            .arg(util::test_file("python/dashboard_client.py"))
-            .arg(format!("ws://{}/dashboard", server.addr))
-            .args([
-                "--expect",
-                &expect.to_string(),
-                "--timeout",
-                &timeout_secs.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the Python dashboard client");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Some(read_in_background(child.stderr.take().unwrap()));
-        let mut client = PythonDashboard { child, lines, stderr };
-        match client.lines.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) if line == "READY" => client,
-            other => {
-                let _ = client.child.kill();
-                let _ = client.child.wait();
-                let stderr =
-                    client.stderr.take().unwrap().join().unwrap_or_default();
-                panic!("the Python client did not report READY ({other:?}); stderr:\n{stderr}");
-            }
-        }
-    }
-
-    /// Waits for the client to finish and returns what it wrote, the
-    /// snapshot first.
-    fn finish(mut self, limit: Duration) -> Vec<String> {
-        let status =
-            wait_bounded(&mut self.child, limit, "the Python dashboard client");
-        let mut messages = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(5)) {
-                Ok(line) => messages.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("the client's output did not end")
-                }
-            }
-        }
-        let stderr = self.stderr.take().unwrap().join().unwrap_or_default();
-        assert!(
-            status.success(),
-            "the Python client failed ({status}): {stderr}"
-        );
-        messages
-    }
-}
-
-impl Drop for PythonDashboard {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Follows `/dashboard` with tungstenite on a thread until `expect`
 /// updates arrived. The receiver fires once the snapshot is in. Ends with
 /// an error on a second snapshot (a resync), a closed connection, or after
@@ -424,7 +338,11 @@ fn tips_replay_gives_the_exact_expected_state_and_a_python_dashboard_sees_every_
     let records = non_empty_lines(&data);
     assert_eq!(records.len(), TIPS_RECORDS);
     let server = Server::start(&[]);
-    let dashboard = PythonDashboard::subscribe(&server, records.len(), 60);
+    let expect = records.len().to_string();
+    let dashboard = PythonDashboard::subscribe(
+        &server,
+        &["--expect", &expect, "--timeout", "60"],
+    );
 
     let path = util::test_file("data/tips.ndjson");
     let run =
