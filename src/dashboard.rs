@@ -85,6 +85,8 @@ pub struct Dashboard {
     last_heard: Instant,
     /// The last write hit a full socket; wait for it to become writable.
     blocked: bool,
+    /// Times this dashboard fell too far behind.
+    resyncs: u32,
 }
 
 fn socket_config() -> WebSocketConfig {
@@ -125,6 +127,7 @@ impl Dashboard {
             phase: Phase::Open,
             last_heard: now,
             blocked: false,
+            resyncs: 0,
         }
     }
 
@@ -258,16 +261,28 @@ impl Dashboard {
 
     /// Resyncs the dashboard if it lags more than `max_lag` bytes.
     pub fn check_lag(&mut self, app: &mut App, max_lag: usize) {
-        if let Some(dropped) = self.sub.check_lag(&app.feed, max_lag as u64) {
-            app.stats.resyncs += 1;
-            app.stats.frames_dropped += dropped.frames;
-            log::warn!(
-                "dashboard {}: fell {} bytes behind (limit {max_lag}); dropped \
-                 its queued updates, a fresh snapshot follows",
-                self.peer,
-                dropped.bytes
-            );
-        }
+        let Some(dropped) = self.sub.check_lag(&app.feed, max_lag as u64)
+        else {
+            return;
+        };
+        app.stats.resyncs += 1;
+        app.stats.frames_dropped += dropped.frames;
+        self.resyncs += 1;
+        // A client that keeps lagging would fill the log; the first time
+        // is a warning, the rest are counted in the metrics.
+        let level = if self.resyncs == 1 {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
+            "dashboard {}: fell {} bytes behind (limit {max_lag}); dropped \
+             its queued updates, a fresh snapshot follows (resync {})",
+            self.peer,
+            dropped.bytes,
+            self.resyncs
+        );
     }
 
     /// The oldest feed offset this dashboard still needs.

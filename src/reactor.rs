@@ -95,6 +95,8 @@ pub struct Reactor {
     /// A dashboard still has writable output, or dashboards came or went.
     dashboards_dirty: bool,
     refusal_503: Vec<u8>,
+    /// Accepting failed and is being retried.
+    accept_failing: bool,
 }
 
 impl Reactor {
@@ -163,6 +165,7 @@ impl Reactor {
             flush_window,
             dashboards_dirty: false,
             refusal_503,
+            accept_failing: false,
         })
     }
 
@@ -237,15 +240,27 @@ impl Reactor {
         loop {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => {
+                    self.accept_failing = false;
+                    self.admit(stream, peer, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Usually out of file descriptors. Connections stay in
                     // the kernel's backlog; try again shortly.
-                    log::error!(
-                        "accept failed: {e}; retrying in {ACCEPT_RETRY:?}"
+                    // Logged once per episode: the retry below would
+                    // otherwise repeat the line ten times a second.
+                    let level = if self.accept_failing {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Error
+                    };
+                    log::log!(
+                        level,
+                        "accept failed: {e}; retrying every {ACCEPT_RETRY:?}"
                     );
+                    self.accept_failing = true;
                     self.timers.push(now + ACCEPT_RETRY, TimerId::Accept);
                     return;
                 }
