@@ -6,6 +6,7 @@
 //! cargo bench --bench load                       # defaults, about 2 minutes
 //! cargo bench --bench load -- --scenarios ws --clients 200 --rate 500 --duration 2
 //! cargo bench --bench load -- --url http://127.0.0.1:18080 --pid 1234 --label axum
+//! cargo bench --bench load -- --scenarios growth   # how cost grows, ~3 minutes
 //! cargo bench --bench load -- --help
 //! ```
 //!
@@ -14,6 +15,14 @@
 //! server for every group of scenarios; the load generators run on CPU 1.
 //! Everything is aimed at loopback only, every phase has a deadline and
 //! every count a cap. One table with every scenario is printed at the end.
+//!
+//! The `growth` group (not in the default set) measures how cost grows:
+//! dashboards (N = 100, 1000, 10000 at 100 records/s for 5 s, a fresh
+//! server per N) and distinct metrics (M = 10, 1000, 100000, a fresh server
+//! per M started with `METRICAST_MAX_METRICS=200000`: the `GET /metrics`
+//! body, its wrk throughput, the time a new dashboard takes to get its
+//! whole snapshot, and the RSS after seeding). It needs servers of its own,
+//! so it is not run against `--url`.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -47,6 +56,23 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 /// Blocking HTTP client timeouts.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records/s and seconds of each dashboard-growth step.
+const GROWTH_RATE: f64 = 100.0;
+const GROWTH_SECONDS: f64 = 5.0;
+/// wrk connections and seconds of each metric-growth step.
+const GROWTH_WRK_CONNS: usize = 64;
+const GROWTH_WRK_SECONDS: f64 = 5.0;
+/// `--max-metrics` of the servers started for the metric-growth steps,
+/// and so the most metrics one step may seed.
+const GROWTH_MAX_METRICS: usize = 200_000;
+/// Time allowed for seeding the metrics of one step.
+const SEED_DEADLINE: Duration = Duration::from_secs(120);
+/// Seeding requests written at once before their answers are read.
+const SEED_WINDOW: usize = 256;
+/// Time allowed for one dashboard to connect and get its whole snapshot.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(30);
+/// New dashboards timed, one after another, per metric-growth step.
+const SNAPSHOT_TRIES: usize = 5;
 /// The key and accept value of RFC 6455's example handshake.
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
@@ -57,7 +83,8 @@ fn usage() -> &'static str {
   --url http://127.0.0.1:PORT  measure a server already running (loopback only)
   --pid PID            its process id, for CPU time and RSS (with --url)
   --label NAME         name for the table rows [metricast, or the url]
-  --scenarios LIST     any of http,ws,idle [http,ws,idle]
+  --scenarios LIST     any of http,ws,idle,growth [http,ws,idle]; growth
+                       starts its own servers, so it is skipped with --url
   --clients LIST       dashboards per ws scenario [1000,5000] (max 20000)
   --rate LIST          records/s per ws scenario, one value or one per
                        --clients entry [1000,200]
@@ -66,6 +93,10 @@ fn usage() -> &'static str {
   --drain SECS         longest wait for the last updates after posting [10]
                        (max 60)
   --idle-clients N     dashboards for the idle-memory scenario [10000]
+  --growth-dashboards LIST  dashboards per growth step, each at 100
+                       records/s for 5 s [100,1000,10000] (max 20000)
+  --growth-metrics LIST  distinct metrics per growth step
+                       [10,1000,100000] (max 200000)
   --http-conns N       wrk connections [64] (max 1000)
   --post-conns N       keep-alive connections posting records [8] (max 64)
   --threads N          dashboard client threads [1] (max 8)
@@ -86,11 +117,14 @@ struct Opts {
     http: bool,
     ws: bool,
     idle: bool,
+    growth: bool,
     clients: Vec<usize>,
     rates: Vec<f64>,
     duration: f64,
     drain: f64,
     idle_clients: usize,
+    growth_dashboards: Vec<usize>,
+    growth_metrics: Vec<usize>,
     http_conns: usize,
     post_conns: usize,
     threads: usize,
@@ -179,11 +213,14 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         http: true,
         ws: true,
         idle: true,
+        growth: false,
         clients: vec![1000, 5000],
         rates: vec![1000.0, 200.0],
         duration: 10.0,
         drain: 10.0,
         idle_clients: 10_000,
+        growth_dashboards: vec![100, 1000, 10_000],
+        growth_metrics: vec![10, 1000, 100_000],
         http_conns: 64,
         post_conns: 8,
         threads: 1,
@@ -215,14 +252,16 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
                 opts.http = false;
                 opts.ws = false;
                 opts.idle = false;
+                opts.growth = false;
                 for s in value.split(',') {
                     match s.trim() {
                         "http" => opts.http = true,
                         "ws" => opts.ws = true,
                         "idle" => opts.idle = true,
+                        "growth" => opts.growth = true,
                         other => {
                             return Err(format!(
-                                "--scenarios: unknown {other:?}; use http, ws, idle"
+                                "--scenarios: unknown {other:?}; use http, ws, idle, growth"
                             ))
                         }
                     }
@@ -246,6 +285,13 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
             }
             "--idle-clients" => {
                 opts.idle_clients = parse_one("--idle-clients", value)?
+            }
+            "--growth-dashboards" => {
+                opts.growth_dashboards =
+                    parse_list("--growth-dashboards", value)?
+            }
+            "--growth-metrics" => {
+                opts.growth_metrics = parse_list("--growth-metrics", value)?
             }
             "--http-conns" => {
                 opts.http_conns = parse_one("--http-conns", value)?
@@ -280,6 +326,12 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
     }
     for &r in &opts.rates {
         bounded("--rate", r, 1.0, MAX_RATE)?;
+    }
+    for &n in &opts.growth_dashboards {
+        bounded("--growth-dashboards", n as f64, 1.0, MAX_CLIENTS as f64)?;
+    }
+    for &m in &opts.growth_metrics {
+        bounded("--growth-metrics", m as f64, 1.0, GROWTH_MAX_METRICS as f64)?;
     }
     bounded("--http-conns", opts.http_conns as f64, 1.0, 1000.0)?;
     bounded("--post-conns", opts.post_conns as f64, 1.0, 64.0)?;
@@ -503,8 +555,13 @@ impl Server {
         }
     }
 
-    /// Starts the release server on a free loopback port.
-    fn start(opts: &Opts, max_connections: usize) -> Result<Server, String> {
+    /// Starts the release server on a free loopback port, with `env` added
+    /// to the environment it inherits.
+    fn start(
+        opts: &Opts,
+        max_connections: usize,
+        env: &[(&str, String)],
+    ) -> Result<Server, String> {
         let bin = &opts.server_bin;
         if !bin.is_file() {
             return Err(format!(
@@ -517,6 +574,9 @@ impl Server {
         let raised = max_connections > 10_000;
         if raised {
             cmd.arg("--max-connections").arg(max_connections.to_string());
+        }
+        for (name, value) in env {
+            cmd.env(name, value);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         die_with_parent(&mut cmd, libc::SIGTERM);
@@ -859,7 +919,11 @@ fn print_table(rows: &[Row]) {
          sent to update received, lost = dashboards x accepted - received after \
          the drain, CPU = server CPU time per delivered update, KiB/dashboard = \
          RSS growth from connecting the dashboards / N. RSS start = before the \
-         scenario's first connection."
+         scenario's first connection. growth dashboards rows are ws rows. \
+         growth metrics rows: GET /metrics is an http row whose RSS start is \
+         before seeding and RSS end after seeding (before wrk); in a \
+         dashboard snapshot row p50/max = time from connecting a dashboard \
+         to having its whole snapshot (median and slowest of the tries)."
     );
 }
 
@@ -1957,12 +2021,340 @@ fn note_client_stats(row: &mut Row, stats: &ThreadStats, accepted: u64) {
 }
 
 // ---------------------------------------------------------------------
+// Growth: how cost grows with dashboards and with distinct metrics
 
-/// Runs `f` against a fresh server of our own, or the external one.
+fn run_growth(opts: &Opts, external: &mut Option<Server>, rows: &mut Vec<Row>) {
+    if external.is_some() {
+        let mut row = Row::new(opts, "growth");
+        row.notes.push(
+            "skipped: growth starts a fresh server per step, so it is not \
+             run against --url"
+                .into(),
+        );
+        rows.push(row);
+        return;
+    }
+    let mut dash_opts = opts.clone();
+    dash_opts.duration = GROWTH_SECONDS;
+    for &n in &opts.growth_dashboards {
+        let scenario = format!(
+            "growth dashboards {n} x {GROWTH_RATE} rec/s {GROWTH_SECONDS} s"
+        );
+        let max = n + opts.post_conns + 64;
+        with_server(
+            &dash_opts,
+            external,
+            max,
+            &[],
+            &scenario,
+            rows,
+            |server, rows| {
+                let mut row = run_ws(&dash_opts, server, n, Some(GROWTH_RATE));
+                row.scenario = scenario.clone();
+                rows.push(row);
+            },
+        );
+    }
+    let env = [("METRICAST_MAX_METRICS", GROWTH_MAX_METRICS.to_string())];
+    for &m in &opts.growth_metrics {
+        let scenario = format!("growth metrics {m}");
+        with_server(
+            opts,
+            external,
+            0,
+            &env,
+            &scenario,
+            rows,
+            |server, rows| run_growth_metrics(opts, server, m, rows),
+        );
+    }
+}
+
+/// Seeds `m` metrics, then measures `GET /metrics` (its size and wrk
+/// throughput) and how long a new dashboard takes to get its snapshot.
+fn run_growth_metrics(
+    opts: &Opts,
+    server: &mut Server,
+    m: usize,
+    rows: &mut Vec<Row>,
+) {
+    let name = format!("growth metrics {m}");
+    eprintln!("load: {name}: seeding {m} distinct metrics");
+    let mut get_row = Row::new(
+        opts,
+        format!(
+            "{name}: GET /metrics wrk c{GROWTH_WRK_CONNS} {GROWTH_WRK_SECONDS} s"
+        ),
+    );
+    get_row.rss_start = server.rss();
+    match seed_distinct(server.addr, m) {
+        Ok(secs) => get_row.notes.push(format!(
+            "seeded {m} records pipelined in {secs:.2} s ({} /s)",
+            fmt_num(Some(m as f64 / secs.max(1e-6)), 0)
+        )),
+        Err(e) => {
+            get_row.notes.push(format!("FAILED: {e}"));
+            get_row.rss_end = server.rss();
+            rows.push(get_row);
+            return;
+        }
+    }
+    // Let allocations settle; this is the RSS "after seeding".
+    thread::sleep(Duration::from_millis(200));
+    get_row.rss_end = server.rss();
+    get_row.notes.push(format!(
+        "RSS end = after seeding, {} KiB",
+        fmt_num(get_row.rss_end.map(|k| k as f64), 0)
+    ));
+
+    // The body, with one request's time.
+    let t0 = Instant::now();
+    let body_len = HttpClient::connect(server.addr)
+        .and_then(|mut c| c.request("GET", "/metrics", None))
+        .map_err(|e| e.to_string())
+        .and_then(|(status, body)| match status {
+            200 => Ok(body.len()),
+            s => Err(format!("status {s}")),
+        });
+    let one_get_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    match &body_len {
+        Ok(len) => {
+            eprintln!("load:   GET /metrics body {len} B");
+            get_row
+                .notes
+                .push(format!("body {} B", fmt_num(Some(*len as f64), 0)));
+            get_row
+                .notes
+                .push(format!("one GET with connect {one_get_ms:.2} ms"));
+        }
+        Err(e) => get_row.notes.push(format!("GET /metrics failed: {e}")),
+    }
+
+    // A new dashboard's snapshot, a few times one after another.
+    let mut snap_row = Row::new(opts, format!("{name}: dashboard snapshot"));
+    snap_row.conns = Some(1);
+    snap_row.rss_start = server.rss();
+    let mut times = Vec::new();
+    let mut frame_len = 0;
+    for _ in 0..SNAPSHOT_TRIES {
+        match time_snapshot(server.addr) {
+            Ok((secs, len)) => {
+                times.push(secs * 1000.0);
+                frame_len = len;
+            }
+            Err(e) => {
+                snap_row.notes.push(format!("FAILED: {e}"));
+                break;
+            }
+        }
+    }
+    if !times.is_empty() {
+        times.sort_by(f64::total_cmp);
+        snap_row.p50_ms = Some(times[times.len() / 2]);
+        snap_row.max_ms = times.last().copied();
+        snap_row.notes.push(format!(
+            "connect to whole snapshot; p50 = median, max of {} dashboards \
+             one after another; frame {} B",
+            times.len(),
+            fmt_num(Some(frame_len as f64), 0)
+        ));
+        eprintln!(
+            "load:   snapshot of {frame_len} B in {:.2} ms (median)",
+            times[times.len() / 2]
+        );
+    }
+    snap_row.rss_end = server.rss();
+
+    // wrk against GET /metrics.
+    get_row.conns = Some(GROWTH_WRK_CONNS);
+    match find_in_path("wrk") {
+        None => get_row.notes.push("wrk skipped: not installed".into()),
+        Some(wrk) => {
+            let mut wrk_opts = opts.clone();
+            wrk_opts.http_conns = GROWTH_WRK_CONNS;
+            wrk_opts.duration = GROWTH_WRK_SECONDS;
+            eprintln!(
+                "load:   wrk -c{GROWTH_WRK_CONNS} -d{GROWTH_WRK_SECONDS}s GET /metrics"
+            );
+            let cpu0 = server.cpu();
+            let url = format!("http://{}/metrics", server.addr);
+            match run_wrk(&wrk_opts, &wrk, &url, None) {
+                Ok(r) => {
+                    get_row.achieved = Some(r.rps);
+                    get_row.p50_ms = r.p50_ms;
+                    get_row.p99_ms = r.p99_ms;
+                    get_row.errors = Some(r.non2xx + r.socket_errors);
+                    if let (Some(a), Some(b)) = (cpu0, server.cpu()) {
+                        if r.requests > 0 {
+                            get_row.cpu_us =
+                                Some((b - a) * 1e6 / r.requests as f64);
+                        }
+                    }
+                    eprintln!(
+                        "load:   {} req/s, p99 {} ms",
+                        fmt_num(Some(r.rps), 0),
+                        fmt_num(r.p99_ms, 2)
+                    );
+                }
+                Err(e) => get_row.notes.push(format!("wrk FAILED: {e}")),
+            }
+            get_row.notes.push(format!(
+                "RSS after wrk {} MiB",
+                fmt_num(mib(server.rss()), 1)
+            ));
+        }
+    }
+    rows.push(get_row);
+    rows.push(snap_row);
+}
+
+/// Records `m` metrics with distinct names and one small metadata object
+/// each, pipelined over one keep-alive connection; returns the seconds.
+fn seed_distinct(addr: SocketAddr, m: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    let deadline = start + SEED_DEADLINE;
+    let mut client =
+        HttpClient::connect(addr).map_err(|e| format!("seed: {e}"))?;
+    let host = client.host.clone();
+    let mut batch = Vec::with_capacity(SEED_WINDOW * 160);
+    let mut sent = 0;
+    while sent < m {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "seed: {sent} of {m} records after {SEED_DEADLINE:?}; gave up"
+            ));
+        }
+        let count = SEED_WINDOW.min(m - sent);
+        batch.clear();
+        for i in sent..sent + count {
+            let body = format!(
+                r#"{{"metric":"g{i:07}","value":1,"metadata":{{"i":{i}}}}}"#
+            );
+            let _ = write!(
+                batch,
+                "POST /record HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        client.stream.write_all(&batch).map_err(|e| format!("seed: {e}"))?;
+        for i in sent..sent + count {
+            let (status, answer) =
+                client.read_answer().map_err(|e| format!("seed: {e}"))?;
+            if status != 200 {
+                return Err(format!(
+                    "seed: record {i} got {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                ));
+            }
+        }
+        sent += count;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Opcode, header length and payload length of the frame at the front of
+/// `b`, once its header is complete.
+fn frame_header(b: &[u8]) -> Option<(u8, usize, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let opcode = b[0] & 0x0f;
+    match b[1] & 0x7f {
+        126 if b.len() >= 4 => {
+            Some((opcode, 4, usize::from(u16::from_be_bytes([b[2], b[3]]))))
+        }
+        127 if b.len() >= 10 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&b[2..10]);
+            let len = usize::try_from(u64::from_be_bytes(n)).ok()?;
+            Some((opcode, 10, len))
+        }
+        126 | 127 => None,
+        n => Some((opcode, 2, usize::from(n))),
+    }
+}
+
+/// Connects one dashboard and reads until its whole snapshot frame has
+/// arrived; returns the seconds that took and the frame's payload size.
+fn time_snapshot(addr: SocketAddr) -> Result<(f64, usize), String> {
+    let start = Instant::now();
+    let deadline = start + SNAPSHOT_DEADLINE;
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .map_err(|e| format!("snapshot: connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+        .and_then(|()| stream.write_all(&handshake(addr)))
+        .map_err(|e| format!("snapshot: {e}"))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut read_more = |stream: &mut TcpStream, buf: &mut Vec<u8>| {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "snapshot: not complete after {SNAPSHOT_DEADLINE:?} ({} bytes)",
+                buf.len()
+            ));
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => Err("snapshot: closed by the server".to_string()),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) => Err(format!("snapshot: read: {e}")),
+        }
+    };
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err("snapshot: upgrade answer head over 16 KiB".into());
+        }
+        read_more(&mut stream, &mut buf)?;
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        let line = buf.split(|&b| b == b'\r').next().unwrap_or(&[]);
+        return Err(format!(
+            "snapshot: upgrade refused: {}",
+            String::from_utf8_lossy(line)
+        ));
+    }
+    buf.drain(..head_end);
+    loop {
+        if let Some((opcode, header, len)) = frame_header(&buf) {
+            if len > 256 << 20 {
+                return Err(format!("snapshot: a frame of {len} bytes"));
+            }
+            if buf.len() >= header + len {
+                let payload = &buf[header..header + len];
+                let head = &payload[..len.min(48)];
+                if opcode != 1 || !contains(head, b"snapshot") {
+                    return Err(format!(
+                        "snapshot: the first frame (opcode {opcode}) is not \
+                         a snapshot: {}",
+                        String::from_utf8_lossy(head)
+                    ));
+                }
+                return Ok((start.elapsed().as_secs_f64(), len));
+            }
+            buf.reserve(header + len - buf.len());
+        }
+        read_more(&mut stream, &mut buf)?;
+    }
+}
+
+// ---------------------------------------------------------------------
+
+/// Runs `f` against a fresh server of our own (with `env` added to its
+/// environment), or the external one.
 fn with_server(
     opts: &Opts,
     external: &mut Option<Server>,
     max_connections: usize,
+    env: &[(&str, String)],
     scenario: &str,
     rows: &mut Vec<Row>,
     f: impl FnOnce(&mut Server, &mut Vec<Row>),
@@ -1975,7 +2367,7 @@ fn with_server(
         f(server, rows);
         return;
     }
-    let mut server = match Server::start(opts, max_connections) {
+    let mut server = match Server::start(opts, max_connections, env) {
         Ok(s) => s,
         Err(e) => {
             rows.push(Row::failed(opts, scenario, e));
@@ -2035,6 +2427,7 @@ fn main() {
         .iter()
         .copied()
         .chain(opts.idle.then_some(opts.idle_clients))
+        .chain(opts.growth_dashboards.iter().copied().filter(|_| opts.growth))
         .max()
         .unwrap_or(0);
     let want = (most + opts.post_conns + 1024) as u64;
@@ -2093,7 +2486,7 @@ fn main() {
         let mut row = Row::new(&opts, "start (no connections)");
         match &external {
             Some(server) => row.rss_start = server.rss(),
-            None => match Server::start(&opts, 0) {
+            None => match Server::start(&opts, 0, &[]) {
                 Ok(server) => {
                     row.rss_start = server.rss();
                     if let Some(stop) = server.stop() {
@@ -2122,6 +2515,7 @@ fn main() {
             &opts,
             &mut external,
             0,
+            &[],
             "http",
             &mut rows,
             |server, rows| run_http(&opts, server, tmp, rows),
@@ -2134,6 +2528,7 @@ fn main() {
                 &opts,
                 &mut external,
                 max,
+                &[],
                 "ws",
                 &mut rows,
                 |server, rows| rows.push(run_ws(&opts, server, n, Some(rate))),
@@ -2146,10 +2541,14 @@ fn main() {
             &opts,
             &mut external,
             n + 64,
+            &[],
             "ws idle",
             &mut rows,
             |server, rows| rows.push(run_ws(&opts, server, n, None)),
         );
+    }
+    if opts.growth {
+        run_growth(&opts, &mut external, &mut rows);
     }
     print_table(&rows);
 }
