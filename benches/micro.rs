@@ -18,6 +18,7 @@ use metricast::app::App;
 use metricast::config::Config;
 use metricast::http::{self, Persistence};
 use metricast::hub::Subscriber;
+use metricast::output::Output;
 use metricast::record;
 use metricast::router::{self, Routed};
 use metricast::security::Security;
@@ -273,7 +274,7 @@ fn main() {
         let security = Security::from_config(&Config::default());
         let mut app = App::new(seeded_store(20), security);
         let (get, _) = http::parse_head(GET_HEAD, 16 * 1024).unwrap().unwrap();
-        let mut out = Vec::with_capacity(4096);
+        let mut out = Output::default();
         let body_len = app.store.json().len();
         bench.run(
             "router::route GET /metrics",

@@ -1,7 +1,7 @@
 //! One HTTP/1.x connection: reading requests, answering them in order, and
 //! handing the socket over when a request upgrades to a dashboard.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::http::{
     self, BodyFraming, ChunkedDecoder, Head, HttpError, Persistence, Status,
 };
+use crate::output::Output;
 use crate::router::{self, Routed};
 
 /// Output above which the connection stops reading new requests until the
@@ -91,8 +92,7 @@ pub struct HttpConn {
     peer: SocketAddr,
     phase: Phase,
     input: Vec<u8>,
-    output: Vec<u8>,
-    written: usize,
+    output: Output,
     chunked_body: Vec<u8>,
     last_active: Instant,
     /// Stop after the current request: the server is shutting down.
@@ -109,8 +109,7 @@ impl HttpConn {
             peer,
             phase: Phase::Idle,
             input: Vec::new(),
-            output: Vec::new(),
-            written: 0,
+            output: Output::default(),
             chunked_body: Vec::new(),
             last_active: now,
             last_request: false,
@@ -127,7 +126,7 @@ impl HttpConn {
         answer: &[u8],
     ) -> HttpConn {
         let mut conn = HttpConn::new(stream, peer, now);
-        conn.output.extend_from_slice(answer);
+        conn.output.buf().extend_from_slice(answer);
         conn.phase = Phase::Finishing;
         conn
     }
@@ -215,7 +214,7 @@ impl HttpConn {
 
     /// Whether enough answers wait that reading should pause.
     fn backed_up(&self) -> bool {
-        self.output.len() - self.written >= OUTPUT_HIGH_WATER
+        self.output.pending() >= OUTPUT_HIGH_WATER
     }
 
     /// Answers the complete requests in the input buffer, pausing when the
@@ -312,7 +311,7 @@ impl HttpConn {
                 let Some(body) = complete else {
                     if head.expect_continue && !*continued && pending.is_empty()
                     {
-                        self.output.extend_from_slice(http::CONTINUE);
+                        self.output.buf().extend_from_slice(http::CONTINUE);
                         *continued = true;
                     }
                     return Ok(None);
@@ -366,7 +365,7 @@ impl HttpConn {
         };
         app.stats.answered(route, error.status.code());
         let common = &app.security.headers;
-        http::write_error(&mut self.output, error, persistence, "", common);
+        http::write_error(self.output.buf(), error, persistence, "", common);
         if error.fatal {
             self.phase = Phase::Finishing;
         } else {
@@ -376,22 +375,14 @@ impl HttpConn {
 
     /// Writes queued answers; closes or lingers once the last is out.
     fn write(&mut self, app: &mut App, now: Instant) -> Outcome {
-        while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
+        while !self.output.is_empty() {
+            match self.output.write_to(&mut self.stream) {
                 Ok(0) => return Outcome::Close,
                 Ok(n) => {
-                    self.written += n;
                     self.last_active = now;
                     app.stats.http_bytes += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Reclaim what was written, or a client that reads a
-                    // little at a time would let the buffer grow forever
-                    // while the unwritten part stays under the high water.
-                    if self.written >= OUTPUT_HIGH_WATER / 4 {
-                        self.output.drain(..self.written);
-                        self.written = 0;
-                    }
                     return Outcome::Open;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -400,11 +391,6 @@ impl HttpConn {
                     return Outcome::Close;
                 }
             }
-        }
-        self.output.clear();
-        self.written = 0;
-        if self.output.capacity() > OUTPUT_HIGH_WATER {
-            self.output.shrink_to(4096);
         }
         match self.phase {
             // Nothing more can arrive, and nothing more is owed.
@@ -463,20 +449,18 @@ impl HttpConn {
     pub fn begin_shutdown(&mut self, app: &mut App, now: Instant) -> Outcome {
         self.last_request = true;
         match self.phase {
-            Phase::Idle if self.written == self.output.len() => Outcome::Close,
+            Phase::Idle if self.output.is_empty() => Outcome::Close,
             _ => self.write(app, now),
         }
     }
 
     /// Gives up the socket and buffers to become a dashboard.
     pub fn into_upgrade(self) -> UpgradeParts {
-        let mut output = self.output;
-        output.drain(..self.written);
         UpgradeParts {
             stream: self.stream,
             peer: self.peer,
             input: self.input,
-            output,
+            output: self.output.into_vec(),
         }
     }
 }

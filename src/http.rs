@@ -519,6 +519,22 @@ pub fn write_answer(
     common: &str,
     body: &[u8],
 ) {
+    write_head(out, status, persistence, answer, common, body.len());
+    if !answer.head_only {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends the status line and headers of an answer whose body of `len`
+/// bytes the caller queues itself.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    status: Status,
+    persistence: Persistence,
+    answer: Answer<'_>,
+    common: &str,
+    len: usize,
+) {
     let connection = match persistence {
         Persistence::KeepAlive => "",
         Persistence::KeepAlive10 => "Connection: keep-alive\r\n",
@@ -530,14 +546,11 @@ pub fn write_answer(
         status.code(),
         status.reason(),
         answer.content_type.unwrap_or("application/json"),
-        body.len(),
+        len,
         common,
         connection,
         answer.extra_headers,
     );
-    if !answer.head_only {
-        out.extend_from_slice(body);
-    }
 }
 
 /// Appends an error answer with its JSON body.

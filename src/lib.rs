@@ -16,6 +16,7 @@ pub mod decimal;
 pub mod http;
 pub mod hub;
 pub mod logging;
+pub mod output;
 pub mod prometheus;
 pub mod reactor;
 pub mod record;

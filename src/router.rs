@@ -4,6 +4,7 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::app::App;
 use crate::http::{self, Answer, Head, HttpError, Method, Persistence, Status};
+use crate::output::Output;
 use crate::prometheus::{self, Format};
 use crate::wire;
 
@@ -38,7 +39,7 @@ pub fn route(
     head: &Head,
     body: &[u8],
     persistence: Persistence,
-    out: &mut Vec<u8>,
+    out: &mut Output,
 ) -> Routed {
     let route = route_label(&head.path);
     let result = match route {
@@ -67,7 +68,7 @@ pub fn route(
             log::debug!("refused {} {}: {error}", method_name(head), head.path);
             app.stats.answered(route, error.status.code());
             let common = &app.security.headers;
-            http::write_error(out, &error, persistence, extra, common);
+            http::write_error(out.buf(), &error, persistence, extra, common);
             Routed::Answered
         }
     }
@@ -104,7 +105,7 @@ fn record(
     head: &Head,
     body: &[u8],
     persistence: Persistence,
-    out: &mut Vec<u8>,
+    out: &mut Output,
 ) -> Result<Routed, Refused> {
     if head.method != Method::Post {
         return Err(wrong_method("/record", "POST"));
@@ -116,7 +117,7 @@ fn record(
     let common = &app.security.headers;
     let answer = Answer::default();
     http::write_answer(
-        out,
+        out.buf(),
         Status::Ok,
         persistence,
         answer,
@@ -130,7 +131,7 @@ fn metrics(
     app: &mut App,
     head: &Head,
     persistence: Persistence,
-    out: &mut Vec<u8>,
+    out: &mut Output,
 ) -> Result<Routed, Refused> {
     let head_only = match head.method {
         Method::Get => false,
@@ -147,15 +148,21 @@ fn metrics(
         Format::Json => {
             let answer =
                 Answer { head_only, extra_headers: extra, content_type: None };
+            // The cached body is queued by reference: a crowd reading a
+            // large state at once shares one copy of it.
             let body = app.store.json();
-            http::write_answer(
-                out,
+            let len = body.len();
+            http::write_head(
+                out.buf(),
                 Status::Ok,
                 persistence,
                 answer,
                 common,
-                body,
+                len,
             );
+            if !head_only {
+                out.push_shared(body);
+            }
             return Ok(Routed::Answered);
         }
         Format::Text => prometheus::TEXT_TYPE,
@@ -167,14 +174,18 @@ fn metrics(
         extra_headers: extra,
         content_type: Some(content_type),
     };
-    http::write_answer(out, Status::Ok, persistence, answer, common, &body);
+    let len = body.len();
+    http::write_head(out.buf(), Status::Ok, persistence, answer, common, len);
+    if !head_only {
+        out.push_owned(body);
+    }
     Ok(Routed::Answered)
 }
 
 fn dashboard(
     app: &App,
     head: &Head,
-    out: &mut Vec<u8>,
+    out: &mut Output,
 ) -> Result<Routed, Refused> {
     if head.method != Method::Get {
         return Err(wrong_method("/dashboard", "GET"));
@@ -183,7 +194,7 @@ fn dashboard(
     app.security.check_origin(head).map_err(|e| (e, ""))?;
     let accept = accept_key(head)?;
     let _ = std::io::Write::write_fmt(
-        out,
+        out.buf(),
         format_args!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"

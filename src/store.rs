@@ -74,7 +74,7 @@ pub struct Store {
     metrics: BTreeMap<Box<str>, Metric>,
     metadata_limit: usize,
     max_metrics: usize,
-    json: Option<Vec<u8>>,
+    json: Option<Rc<[u8]>>,
     snapshot: Option<Rc<[u8]>>,
 }
 
@@ -143,9 +143,9 @@ impl Store {
     }
 
     /// The state as the JSON object `GET /metrics` returns.
-    pub fn json(&mut self) -> &[u8] {
+    pub fn json(&mut self) -> Rc<[u8]> {
         let metrics = &self.metrics;
-        self.json.get_or_insert_with(|| encode(metrics))
+        Rc::clone(self.json.get_or_insert_with(|| encode(metrics).into()))
     }
 
     /// The `snapshot` message as a complete WebSocket frame.
@@ -153,7 +153,7 @@ impl Store {
         if let Some(frame) = &self.snapshot {
             return Rc::clone(frame);
         }
-        let frame: Rc<[u8]> = wire::snapshot_frame(self.json()).into();
+        let frame: Rc<[u8]> = wire::snapshot_frame(&self.json()).into();
         self.snapshot = Some(Rc::clone(&frame));
         frame
     }
@@ -194,7 +194,7 @@ mod tests {
     }
 
     fn state(store: &mut Store) -> serde_json::Value {
-        serde_json::from_slice(store.json()).unwrap()
+        serde_json::from_slice(&store.json()).unwrap()
     }
 
     #[test]

@@ -453,3 +453,52 @@ fn metadata_keeps_the_configured_number_of_newest_entries() {
     assert_eq!(metric["count"], 6);
     assert_eq!(metric["metadata"], serde_json::json!([{"i": 3}, {"i": 4}]));
 }
+
+#[test]
+fn clients_reading_a_large_state_at_once_share_one_copy_of_it() {
+    let server = Server::start(&["--max-metrics", "100000"]);
+    let records: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "{{\"metric\":\"series_{i:05}\",\"metadata\":{{\"i\":{i}}}}}\n"
+            )
+        })
+        .collect();
+    let file = std::env::temp_dir()
+        .join(format!("metricast-large-{}.ndjson", std::process::id()));
+    std::fs::write(&file, records).unwrap();
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_metricast"))
+        .args(["replay", file.to_str().unwrap(), "--url", &server.url("")])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let size = body(&request(server.addr, &get("/metrics"))).len();
+    assert!(size > 1_000_000, "state is only {size} bytes");
+
+    let before = server.rss_kib();
+    // Each reader asks for four copies and reads none, so every answer
+    // stays queued in the server at once.
+    let readers: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut stream = connect(server.addr);
+            let asks = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(4);
+            stream.write_all(asks.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    // The last reader's answers are queued once a request after it is
+    // answered, since the loop serves connections in turn.
+    assert_eq!(status(&request(server.addr, &get("/metrics"))), 200);
+    let grown = server.rss_kib().saturating_sub(before);
+    let copies = 64 * 4 * size / 1024;
+    assert!(
+        grown < 24 * 1024,
+        "server grew by {grown} KiB; one copy each would be {copies} KiB"
+    );
+    drop(readers);
+}
