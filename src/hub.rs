@@ -154,6 +154,8 @@ pub struct Subscriber {
     /// `private` holds the HTTP answers that precede the WebSocket, which
     /// must reach the socket before any frame at all.
     preamble: bool,
+    /// `private` holds a snapshot frame, counted as a frame when it starts.
+    snapshot: bool,
 }
 
 /// What a resync did, for the log and the counters.
@@ -178,6 +180,7 @@ impl Subscriber {
             want_snapshot: true,
             following: true,
             preamble: has_preamble,
+            snapshot: false,
         }
     }
 
@@ -263,6 +266,7 @@ impl Subscriber {
     ) -> usize {
         if self.private.is_none() && self.want_snapshot && self.following {
             self.private = Some((snapshot(), 0));
+            self.snapshot = true;
             self.cursor = feed.head();
             self.want_snapshot = false;
         }
@@ -288,20 +292,25 @@ impl Subscriber {
     }
 
     /// Records that `n` bytes of what [`next_slices`](Self::next_slices)
-    /// offered were written, and returns how many feed frames were begun.
+    /// offered were written, and returns how many frames were begun.
     pub fn advance(&mut self, feed: &Feed, mut n: usize) -> u64 {
+        let mut begun = 0;
         if let Some((bytes, sent)) = &mut self.private {
             let take = n.min(bytes.len() - *sent);
+            if self.snapshot && *sent == 0 && take > 0 {
+                begun += 1;
+            }
             *sent += take;
             n -= take;
             if *sent == bytes.len() {
                 self.private = None;
                 self.preamble = false;
+                self.snapshot = false;
             }
         }
         let from = self.cursor;
         self.cursor += n as u64;
-        feed.frames_between(from, self.cursor)
+        begun + feed.frames_between(from, self.cursor)
     }
 }
 
@@ -390,6 +399,26 @@ mod tests {
         assert_eq!(out, frame("fresh"));
         feed.publish_frame(&frame("next"));
         assert_eq!(drain(&mut sub, &feed, &snap2, 1000), frame("next"));
+    }
+
+    #[test]
+    fn frames_are_counted_when_they_start_snapshots_included() {
+        let mut feed = Feed::new();
+        let snap: Rc<[u8]> = frame("snap").into();
+        let mut sub = Subscriber::join(&mut feed, b"HTTP".to_vec());
+        let offer = |sub: &mut Subscriber, feed: &Feed| {
+            let mut slices = [IoSlice::new(&[]); 3];
+            sub.next_slices(feed, || Rc::clone(&snap), 100, &mut slices);
+        };
+        offer(&mut sub, &feed);
+        assert_eq!(sub.advance(&feed, 4), 0, "the upgrade answer is no frame");
+        offer(&mut sub, &feed);
+        assert_eq!(sub.advance(&feed, 1), 1, "the snapshot has started");
+        assert_eq!(sub.advance(&feed, snap.len() - 1), 0);
+        feed.publish_frame(&frame("a"));
+        feed.publish_frame(&frame("b"));
+        offer(&mut sub, &feed);
+        assert_eq!(sub.advance(&feed, 4), 2);
     }
 
     #[test]

@@ -263,7 +263,7 @@ fn write_self_metrics(
     counter(
         out,
         "metricast_dashboard_frames_sent",
-        "Frames written to dashboards (updates, keepalives, pings).",
+        "Frames written to dashboards (snapshots, updates, keepalives, pings).",
         om,
         &plain(stats.frames_sent),
     );

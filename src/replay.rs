@@ -8,8 +8,13 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str =
-    "usage: metricast replay FILE|- [--url http://HOST:PORT] [--window N]";
+const USAGE: &str = "\
+usage: metricast replay FILE|- [--url http://HOST:PORT] [--window N]
+
+Sends FILE (or standard input for -), one POST /record body per line, to
+the server at --url [http://127.0.0.1:8080], pipelining up to --window
+records [64] over one keep-alive connection. Prints a summary; exits 1 when
+any record was refused.";
 /// Refusals printed in full before the rest are only counted.
 const SHOWN_REFUSALS: u64 = 5;
 
@@ -22,6 +27,10 @@ struct Options {
 
 /// Runs the replay tool with its arguments; prints a summary.
 pub fn main(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let options = match parse_args(args) {
         Ok(options) => options,
         Err(e) => {
@@ -60,7 +69,6 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .filter(|&n| n > 0)
                     .ok_or("--window needs a whole number above 0")?;
             }
-            "-h" | "--help" => return Err("help".into()),
             _ if file.is_none() => file = Some(arg.clone()),
             _ => return Err(format!("unexpected argument {arg:?}")),
         }
