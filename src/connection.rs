@@ -9,7 +9,8 @@ use mio::net::TcpStream;
 
 use crate::app::App;
 use crate::http::{
-    self, BodyFraming, ChunkedDecoder, Head, HttpError, Persistence, Status,
+    self, BodyFraming, ChunkedDecoder, Head, HttpError, Method, Persistence,
+    Status,
 };
 use crate::output::Output;
 use crate::router::{self, Routed};
@@ -18,6 +19,9 @@ use crate::router::{self, Routed};
 /// client has taken its answers, so a client that pipelines without reading
 /// cannot make the server buffer without bound.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Most bytes read from one connection per turn, so that a client sending
+/// without pause cannot keep the loop from everyone else.
+const READ_BUDGET: usize = 256 * 1024;
 /// How long a closing connection waits for the client to hang up after the
 /// last answer, so that unread input does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(2);
@@ -70,6 +74,9 @@ pub enum Outcome {
     Close,
     /// Turn it into a dashboard ([`HttpConn::into_upgrade`]).
     Upgrade,
+    /// Keep it and serve it again next turn: it stopped with input left,
+    /// for fairness or because its answers backed up and have since gone.
+    Again,
 }
 
 /// The parts of an upgraded connection a dashboard is built from.
@@ -164,7 +171,14 @@ impl HttpConn {
         if outcome == Outcome::Upgrade {
             return outcome;
         }
-        self.write(app, now)
+        match self.write(app, now) {
+            Outcome::Open
+                if outcome == Outcome::Again && self.output.is_empty() =>
+            {
+                Outcome::Again
+            }
+            written => written,
+        }
     }
 
     /// Reads until the socket is empty or enough answers are waiting,
@@ -183,7 +197,13 @@ impl HttpConn {
         {
             return Ok(Outcome::Upgrade);
         }
-        while !self.eof && !self.backed_up() {
+        let mut read = 0;
+        while !self.eof {
+            // Either stop leaves input in the socket or the buffer that no
+            // new readiness event will announce.
+            if self.backed_up() || read >= READ_BUDGET {
+                return Ok(Outcome::Again);
+            }
             let n = match self.stream.read(scratch) {
                 Ok(0) => {
                     self.eof = true;
@@ -194,6 +214,7 @@ impl HttpConn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            read += n;
             self.last_active = now;
             if matches!(self.phase, Phase::Finishing | Phase::Lingering { .. })
             {
@@ -365,7 +386,12 @@ impl HttpConn {
         };
         app.stats.answered(route, error.status.code());
         let common = &app.security.headers;
-        http::write_error(self.output.buf(), error, persistence, "", common);
+        let head_only = match &self.phase {
+            Phase::Body { head, .. } => head.method == Method::Head,
+            _ => false,
+        };
+        let out = self.output.buf();
+        http::write_error(out, error, persistence, "", common, head_only);
         if error.fatal {
             self.phase = Phase::Finishing;
         } else {

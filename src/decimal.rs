@@ -210,6 +210,13 @@ fn exact_from_digits(
     frac: &[u8],
     exp: i64,
 ) -> Option<Decimal> {
+    // Zeros carry no digits: `0e5000` is zero and `0.10000…0` is 0.1, both
+    // exact, however long the text.
+    let frac_len = frac.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+    let frac = &frac[..frac_len];
+    if int.iter().chain(frac).all(|&d| d == b'0') {
+        return Some(Decimal::ZERO);
+    }
     let mut mantissa: i128 = 0;
     for &digit in int.iter().chain(frac) {
         mantissa =
@@ -271,6 +278,14 @@ mod tests {
         assert_eq!(num("-0").to_string(), "0.0");
         assert_eq!(num("1.000").to_string(), "1.0");
         assert_eq!(num("1e3").to_string(), "1000.0");
+    }
+
+    #[test]
+    fn zeros_never_force_a_float() {
+        assert_eq!(num("0e5000"), Number::Exact(Decimal::ZERO));
+        assert_eq!(num("-0.000e-9999"), Number::Exact(Decimal::ZERO));
+        let long = format!("0.1{}", "0".repeat(60));
+        assert_eq!(sum(&[&long, "0.2"]), "0.3");
     }
 
     #[test]

@@ -266,7 +266,9 @@ fn read_headers(
     head: &mut Head,
 ) -> Result<(), HttpError> {
     let mut length: Option<usize> = None;
-    let mut chunked = false;
+    // Transfer-Encoding lines combine into one list, as if comma-joined;
+    // judging each line alone would let a later empty one hide `chunked`.
+    let mut codings = Codings::default();
     let mut upgrade_token = false;
     let mut connection_upgrade = false;
     let (mut key, mut version) = (None, None);
@@ -285,7 +287,7 @@ fn read_headers(
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = transfer_is_chunked(value)?;
+            codings.add(value);
         } else if name.eq_ignore_ascii_case("connection") {
             for token in tokens(value) {
                 if token.eq_ignore_ascii_case("close") {
@@ -318,6 +320,12 @@ fn read_headers(
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.to_owned());
         }
+    }
+    let chunked = codings.is_chunked()?;
+    if codings.present && length.is_some() {
+        return Err(bad_framing(
+            "request has both Content-Length and Transfer-Encoding",
+        ));
     }
     head.body =
         match (length, chunked) {
@@ -360,17 +368,46 @@ fn parse_length(value: &str) -> Result<usize, HttpError> {
     Ok(value.parse().unwrap_or(usize::MAX))
 }
 
-fn transfer_is_chunked(value: &str) -> Result<bool, HttpError> {
-    let mut codings = tokens(value);
-    match (codings.next(), codings.next()) {
-        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => Ok(true),
-        (None, None) => Ok(false),
-        _ => Err(HttpError::fatal(
-            Status::NotImplemented,
-            format!("Transfer-Encoding {value:?} is not supported; send chunked or a Content-Length"),
-        )),
+/// The transfer codings of all `Transfer-Encoding` lines together.
+#[derive(Debug, Default)]
+struct Codings {
+    present: bool,
+    count: usize,
+    only_chunked: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &str) {
+        if !self.present {
+            self.present = true;
+            self.only_chunked = true;
+        }
+        for coding in tokens(value) {
+            self.count += 1;
+            self.only_chunked &= coding.eq_ignore_ascii_case("chunked");
+        }
+    }
+
+    /// Whether the body is chunked; any other coding, or none listed, is
+    /// refused.
+    fn is_chunked(&self) -> Result<bool, HttpError> {
+        match (self.present, self.count, self.only_chunked) {
+            (false, _, _) => Ok(false),
+            (true, 1, true) => Ok(true),
+            (true, 0, _) => {
+                Err(bad_framing("Transfer-Encoding names no coding"))
+            }
+            _ => Err(HttpError::fatal(
+                Status::NotImplemented,
+                "only a single chunked Transfer-Encoding is supported; send \
+                 chunked or a Content-Length",
+            )),
+        }
     }
 }
+
+/// Longest chunk-size line, and most trailer bytes, accepted.
+const MAX_CHUNK_LINE: usize = 8192;
 
 /// Decodes a chunked body as its pieces arrive.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -387,8 +424,9 @@ enum ChunkState {
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// After the last chunk, skipping trailer lines.
-    Trailers,
+    /// After the last chunk, skipping trailer lines; holds how many
+    /// trailer bytes were skipped so far.
+    Trailers(usize),
     /// The body is complete.
     Done,
 }
@@ -411,6 +449,16 @@ impl ChunkedDecoder {
                 ChunkState::Size => {
                     let (n, size) = match httparse::parse_chunk_size(rest) {
                         Ok(httparse::Status::Complete(found)) => found,
+                        // Extensions may make the line arbitrarily long;
+                        // unbounded, a client could make the server hold and
+                        // rescan megabytes for one line.
+                        Ok(httparse::Status::Partial)
+                            if rest.len() > MAX_CHUNK_LINE =>
+                        {
+                            return Err(bad_framing(
+                                "chunk size line is too long",
+                            ))
+                        }
                         Ok(httparse::Status::Partial) => return Ok(used),
                         Err(_) => {
                             return Err(bad_framing(
@@ -423,7 +471,7 @@ impl ChunkedDecoder {
                         return Err(body_too_large(max_body));
                     }
                     self.state = if size == 0 {
-                        ChunkState::Trailers
+                        ChunkState::Trailers(0)
                     } else {
                         ChunkState::Data(size)
                     };
@@ -454,20 +502,21 @@ impl ChunkedDecoder {
                         ))
                     }
                 },
-                ChunkState::Trailers => {
-                    let Some(end) = rest.windows(2).position(|w| w == b"\r\n")
-                    else {
-                        if rest.len() > 8192 {
-                            return Err(bad_framing(
-                                "chunked trailer line is too long",
-                            ));
-                        }
-                        return Ok(used);
-                    };
-                    used += end + 2;
-                    if end == 0 {
-                        self.state = ChunkState::Done;
+                ChunkState::Trailers(skipped) => {
+                    let line = rest.windows(2).position(|w| w == b"\r\n");
+                    let seen = skipped + line.map_or(rest.len(), |end| end + 2);
+                    if seen > MAX_CHUNK_LINE {
+                        return Err(bad_framing(
+                            "chunked trailers are too long",
+                        ));
                     }
+                    let Some(end) = line else { return Ok(used) };
+                    used += end + 2;
+                    self.state = if end == 0 {
+                        ChunkState::Done
+                    } else {
+                        ChunkState::Trailers(seen)
+                    };
                 }
             }
         }
@@ -553,17 +602,19 @@ pub fn write_head(
     );
 }
 
-/// Appends an error answer with its JSON body.
+/// Appends an error answer with its JSON body; `head_only` leaves the body
+/// out (keeping its length) for a `HEAD` request.
 pub fn write_error(
     out: &mut Vec<u8>,
     error: &HttpError,
     persistence: Persistence,
     extra_headers: &str,
     common: &str,
+    head_only: bool,
 ) {
     let mut body = Vec::with_capacity(64 + error.message.len());
     wire::error_body(&error.message, &mut body);
-    let answer = Answer { extra_headers, ..Answer::default() };
+    let answer = Answer { extra_headers, head_only, ..Answer::default() };
     write_answer(out, error.status, persistence, answer, common, &body);
 }
 
@@ -607,6 +658,24 @@ mod tests {
         assert_eq!(head(both).unwrap_err().status, Status::BadRequest);
         let none = "POST / HTTP/1.1\r\n\r\n";
         assert_eq!(head(none).unwrap_err().status, Status::LengthRequired);
+    }
+
+    #[test]
+    fn transfer_encoding_lines_combine_and_never_hide_behind_a_length() {
+        let with = |lines: &str| {
+            let text = format!("POST / HTTP/1.1\r\n{lines}\r\n");
+            head(&text).map(|h| h.map(|(h, _)| h.body)).map_err(|e| e.status)
+        };
+        let smuggle = "Transfer-Encoding: chunked\r\nTransfer-Encoding: \r\n\
+                       Content-Length: 5\r\n";
+        assert_eq!(with(smuggle), Err(Status::BadRequest));
+        let empty = "Transfer-Encoding: ,\r\nContent-Length: 5\r\n";
+        assert_eq!(with(empty), Err(Status::BadRequest));
+        let twice =
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n";
+        assert_eq!(with(twice), Err(Status::NotImplemented));
+        let split = "Transfer-Encoding: \r\nTransfer-Encoding: Chunked\r\n";
+        assert_eq!(with(split), Ok(Some(BodyFraming::Chunked)));
     }
 
     #[test]
@@ -656,6 +725,17 @@ mod tests {
         let err = ChunkedDecoder::default().decode(b"zz\r\n", &mut body, 10);
         assert_eq!(err.unwrap_err().status, Status::BadRequest);
         let err = ChunkedDecoder::default().decode(b"1\r\nab", &mut body, 10);
+        assert_eq!(err.unwrap_err().status, Status::BadRequest);
+        let endless = format!("1;{}", "a".repeat(9000));
+        let err =
+            ChunkedDecoder::default().decode(endless.as_bytes(), &mut body, 10);
+        assert_eq!(err.unwrap_err().status, Status::BadRequest);
+        let trailers = format!("0\r\n{}", "X-T: y\r\n".repeat(2000));
+        let err = ChunkedDecoder::default().decode(
+            trailers.as_bytes(),
+            &mut body,
+            10,
+        );
         assert_eq!(err.unwrap_err().status, Status::BadRequest);
     }
 }

@@ -151,9 +151,6 @@ pub struct Subscriber {
     want_snapshot: bool,
     /// Whether the feed may be sent; false once the dashboard is closing.
     following: bool,
-    /// `private` holds the HTTP answers that precede the WebSocket, which
-    /// must reach the socket before any frame at all.
-    preamble: bool,
     /// `private` holds a snapshot frame, counted as a frame when it starts.
     snapshot: bool,
 }
@@ -172,14 +169,12 @@ impl Subscriber {
     /// follows it.
     pub fn join(feed: &mut Feed, preamble: Vec<u8>) -> Subscriber {
         feed.subscribers += 1;
-        let has_preamble = !preamble.is_empty();
-        let private = has_preamble.then(|| (preamble.into(), 0));
+        let private = (!preamble.is_empty()).then(|| (preamble.into(), 0));
         Subscriber {
             cursor: feed.head(),
             private,
             want_snapshot: true,
             following: true,
-            preamble: has_preamble,
             snapshot: false,
         }
     }
@@ -202,7 +197,9 @@ impl Subscriber {
     /// until that is done.
     pub fn holds_socket(&self, feed: &Feed) -> bool {
         match &self.private {
-            Some((_, sent)) => *sent > 0 || self.preamble,
+            // Only a snapshot not yet begun sits at a frame boundary; the
+            // upgrade answer and the rest of a cut-off frame do not.
+            Some((_, sent)) => *sent > 0 || !self.snapshot,
             None => !feed.is_boundary(self.cursor),
         }
     }
@@ -243,6 +240,13 @@ impl Subscriber {
     /// Stops taking updates, for a closing dashboard. A frame already
     /// begun is still finished.
     pub fn stop_following(&mut self, feed: &mut Feed) {
+        // A snapshot not yet begun is dropped: nothing may follow a close.
+        if self.snapshot
+            && self.private.as_ref().is_some_and(|(_, sent)| *sent == 0)
+        {
+            self.private = None;
+            self.snapshot = false;
+        }
         if self.following
             && self.private.is_none()
             && !feed.is_boundary(self.cursor)
@@ -304,7 +308,6 @@ impl Subscriber {
             n -= take;
             if *sent == bytes.len() {
                 self.private = None;
-                self.preamble = false;
                 self.snapshot = false;
             }
         }
@@ -390,6 +393,8 @@ mod tests {
         }
         let dropped = sub.check_lag(&feed, 64).unwrap();
         assert_eq!(dropped, Dropped { bytes: 10 * 7, frames: 10 });
+        // The cut-off frame's rest must go out before any control frame.
+        assert!(sub.holds_socket(&feed));
         assert_eq!(sub.needs_from(), None);
         feed.trim(feed.head());
         let snap2: Rc<[u8]> = frame("fresh").into();
@@ -419,6 +424,20 @@ mod tests {
         feed.publish_frame(&frame("b"));
         offer(&mut sub, &feed);
         assert_eq!(sub.advance(&feed, 4), 2);
+    }
+
+    #[test]
+    fn a_closing_subscriber_drops_an_unbegun_snapshot_but_not_a_preamble() {
+        let mut feed = Feed::new();
+        let snap: Rc<[u8]> = frame("s").into();
+        let mut sub = Subscriber::join(&mut feed, b"HTTP".to_vec());
+        assert!(sub.holds_socket(&feed), "nothing may precede the 101");
+        assert_eq!(drain(&mut sub, &feed, &snap, 4), b"HTTP");
+        let mut slices = [IoSlice::new(&[]); 3];
+        sub.next_slices(&feed, || Rc::clone(&snap), 100, &mut slices);
+        assert!(!sub.holds_socket(&feed), "an unbegun snapshot is a boundary");
+        sub.stop_following(&mut feed);
+        assert!(!sub.has_output(&feed));
     }
 
     #[test]

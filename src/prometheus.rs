@@ -11,8 +11,9 @@
 //! that starts with a digit, and `user_` to one that starts with `__`
 //! (reserved by Prometheus) or `metricast_` (the server's own series). A
 //! valid name is never changed; names that collide after mapping get `_2`,
-//! `_3`, … in the order of their original names. A trailing `_total` is
-//! dropped, since Prometheus keeps that suffix for counters.
+//! `_3`, … in the order of their original names. A trailing `_total`,
+//! `_count`, `_sum`, `_bucket` or `_created` is dropped, since Prometheus
+//! reads those as series of another metric.
 
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -101,9 +102,11 @@ pub fn encode(store: &Store, stats: &Stats, format: Format) -> Vec<u8> {
     let open_metrics = format == Format::OpenMetrics;
     for ((name, count, sum), exposed) in store.iter().zip(exposed_names(store))
     {
-        let help = escape_help(&format!(
-            "recorded metric \"{name}\": count and sum of its values"
-        ));
+        let text =
+            format!("recorded metric \"{name}\": count and sum of its values");
+        // OpenMetrics escapes double quotes in HELP; 0.0.4 does not.
+        let help =
+            if open_metrics { escape_label(&text) } else { escape_help(&text) };
         let _ = write!(
             out,
             "# HELP {exposed} {help}\n# TYPE {exposed} summary\n\
@@ -159,11 +162,20 @@ fn sanitize(name: &str) -> String {
     if out.starts_with("__") || out.starts_with("metricast_") {
         out.insert_str(0, "user_");
     }
-    if out.len() > "_total".len() && out.ends_with("_total") {
-        out.truncate(out.len() - "_total".len());
+    // Prometheus reads these endings as series of another metric (`a_count`
+    // would be taken for the count of a summary `a`), so they are dropped.
+    for suffix in RESERVED_SUFFIXES {
+        if out.len() > suffix.len() && out.ends_with(suffix) {
+            out.truncate(out.len() - suffix.len());
+            break;
+        }
     }
     out
 }
+
+/// Name endings that Prometheus gives a meaning of its own.
+const RESERVED_SUFFIXES: [&str; 5] =
+    ["_total", "_count", "_sum", "_bucket", "_created"];
 
 fn escape_help(text: &str) -> String {
     text.replace('\\', "\\\\").replace('\n', "\\n")
@@ -327,10 +339,11 @@ mod tests {
             "metricast_up",
             "ok",
             "ok_total",
+            "ok_count",
         ]);
         let names: Vec<String> = exposed_names(&store);
         // Store order is by original name: "9lives", "__x", "a-b", "a.b",
-        // "a_b", "metricast_up", "ok", "ok_total".
+        // "a_b", "metricast_up", "ok", "ok_count", "ok_total".
         assert_eq!(
             names,
             [
@@ -341,7 +354,8 @@ mod tests {
                 "a_b",
                 "user_metricast_up",
                 "ok",
-                "ok_2"
+                "ok_2",
+                "ok_3"
             ]
         );
     }
@@ -373,6 +387,7 @@ mod tests {
         .unwrap();
         assert!(om.contains("# TYPE metricast_records_accepted counter\n"));
         assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains(r#"recorded metric \"rev\"enue\""#), "{om}");
     }
 
     #[test]

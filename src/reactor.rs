@@ -86,6 +86,8 @@ pub struct Reactor {
     next_serial: u64,
     scratch: Box<[u8]>,
     to_close: Vec<usize>,
+    /// HTTP connections with input left over that must be served again.
+    again: Vec<usize>,
     /// Feed head at the last dashboard write pass.
     flushed_head: u64,
     /// When gathered broadcasts are next written to dashboards.
@@ -141,6 +143,7 @@ impl Reactor {
             Persistence::Close,
             "Retry-After: 1\r\n",
             &security.headers,
+            false,
         );
         let mut timers = Timers::default();
         timers.push(Instant::now() + config.keepalive, TimerId::Keepalive);
@@ -160,6 +163,7 @@ impl Reactor {
             next_serial: 0,
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             to_close: Vec::new(),
+            again: Vec::new(),
             flushed_head: 0,
             flush_due: None,
             flush_window,
@@ -189,6 +193,9 @@ impl Reactor {
                 return Err(e);
             }
             let now = Instant::now();
+            for key in std::mem::take(&mut self.again) {
+                self.serve(key, now, false, false);
+            }
             for event in events.iter() {
                 self.dispatch(event, now);
             }
@@ -212,7 +219,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.dashboards_dirty {
+        if self.dashboards_dirty || !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.timers.next();
@@ -346,6 +353,13 @@ impl Reactor {
                 self.to_close.push(key);
             }
         }
+        // Closing shortened every dashboard's deadline to its close grace;
+        // queue that, or a peer that never answers would hold the exit
+        // until the whole shutdown grace.
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.arm(key);
+        }
         self.dashboards_dirty = true;
     }
 
@@ -355,10 +369,21 @@ impl Reactor {
         event: &mio::event::Event,
         now: Instant,
     ) {
+        let hung_up = event.is_read_closed() || event.is_error();
+        self.serve(key, now, hung_up, event.is_writable());
+    }
+
+    /// Lets a connection read and write what it can.
+    fn serve(
+        &mut self,
+        key: usize,
+        now: Instant,
+        hung_up: bool,
+        writable: bool,
+    ) {
         let Some(slot) = self.conns.get_mut(key) else { return };
         let closed = match &mut slot.conn {
             Connection::Http(http) => {
-                let hung_up = event.is_read_closed() || event.is_error();
                 match http.on_ready(
                     &mut self.app,
                     &self.limits,
@@ -367,13 +392,18 @@ impl Reactor {
                     hung_up,
                 ) {
                     connection::Outcome::Open => false,
+                    connection::Outcome::Again => {
+                        // Input is left that no readiness event will
+                        // announce; it is served next turn, after the others.
+                        self.again.push(key);
+                        false
+                    }
                     connection::Outcome::Close => true,
                     connection::Outcome::Upgrade => self.upgrade(key, now),
                 }
             }
             Connection::Dashboard(dash) => {
-                let outcome =
-                    dash.on_ready(&mut self.app, now, event.is_writable());
+                let outcome = dash.on_ready(&mut self.app, now, writable);
                 // A write stopped by its budget, not by a full socket, gets
                 // no new event; the next turn's pass must continue it.
                 self.dashboards_dirty |= dash.wants_write(&self.app);

@@ -68,7 +68,16 @@ pub fn route(
             log::debug!("refused {} {}: {error}", method_name(head), head.path);
             app.stats.answered(route, error.status.code());
             let common = &app.security.headers;
-            http::write_error(out.buf(), &error, persistence, extra, common);
+            let head_only = head.method == Method::Head;
+            let out = out.buf();
+            http::write_error(
+                out,
+                &error,
+                persistence,
+                extra,
+                common,
+                head_only,
+            );
             Routed::Answered
         }
     }
@@ -187,8 +196,11 @@ fn dashboard(
     head: &Head,
     out: &mut Output,
 ) -> Result<Routed, Refused> {
-    if head.method != Method::Get {
-        return Err(wrong_method("/dashboard", "GET"));
+    match head.method {
+        Method::Get => {}
+        // HEAD gets what a plain GET gets, without the body.
+        Method::Head => return Err(needs_websocket()),
+        _ => return Err(wrong_method("/dashboard", "GET")),
     }
     app.security.check_read(head).map_err(unauthorized)?;
     app.security.check_origin(head).map_err(|e| (e, ""))?;
@@ -203,17 +215,22 @@ fn dashboard(
     Ok(Routed::Upgrade)
 }
 
+/// The 426 for a request to `/dashboard` that is not an upgrade.
+fn needs_websocket() -> Refused {
+    (
+        HttpError::request(
+            Status::UpgradeRequired,
+            "/dashboard is a WebSocket; connect with a WebSocket client \
+             (Connection: Upgrade, Upgrade: websocket)",
+        ),
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+    )
+}
+
 /// Checks the upgrade headers and derives `Sec-WebSocket-Accept`.
 fn accept_key(head: &Head) -> Result<String, Refused> {
     let Some(upgrade) = &head.upgrade else {
-        return Err((
-            HttpError::request(
-                Status::UpgradeRequired,
-                "/dashboard is a WebSocket; connect with a WebSocket client \
-                 (Connection: Upgrade, Upgrade: websocket)",
-            ),
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n",
-        ));
+        return Err(needs_websocket());
     };
     if upgrade.version.as_deref() != Some("13") {
         return Err((

@@ -502,3 +502,45 @@ fn clients_reading_a_large_state_at_once_share_one_copy_of_it() {
     );
     drop(readers);
 }
+
+#[test]
+fn thousands_of_pipelined_requests_in_one_write_are_all_answered() {
+    let server = Server::start(&["--idle-timeout", "5"]);
+    let mut stream = connect(server.addr);
+    let one = keep_alive_post(r#"{"metric":"m"}"#);
+    // Far more answers than fit below the output high water at once: the
+    // connection must come back for the rest without any new input.
+    let count = 5_000;
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        let batch = one.repeat(count);
+        std::thread::spawn(move || stream.write_all(batch.as_bytes()))
+    };
+    let answers = read_answers(&mut stream, count);
+    writer.join().unwrap().unwrap();
+    assert!(answers.iter().all(|a| status(a) == 200));
+    assert_eq!(server.metrics()["m"]["count"], count);
+}
+
+#[test]
+fn head_error_answers_have_no_body_so_the_next_answer_follows_directly() {
+    let server = Server::start(&[]);
+    for path in ["/nope", "/record", "/dashboard", "/metrics?format=xml"] {
+        let text = format!(
+            "HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n\
+             GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        );
+        let answers = request(server.addr, &text);
+        let (first, rest) = answers.split_once("\r\n\r\n").unwrap();
+        assert!(!first.starts_with("HTTP/1.1 200"), "{path}: {first}");
+        assert!(
+            rest.starts_with("HTTP/1.1 200 OK"),
+            "{path}: body after HEAD: {rest}"
+        );
+    }
+    let dashboard = request(
+        server.addr,
+        "HEAD /dashboard HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&dashboard), 426, "{dashboard}");
+}
