@@ -26,6 +26,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+    if [ -n "$(trap -p EXIT)" ]; then
+        $SUDO rm -f "$policy"
+        trap - EXIT
+    fi
 fi
 
 # The Python WebSocket client the tests drive the server with, in a venv of
@@ -37,4 +41,17 @@ if ! "$venv/bin/python" -c 'import websockets' 2>/dev/null; then
 fi
 export METRICAST_TEST_PYTHON="$PWD/$venv/bin/python"
 
-cargo test --all-targets "$@"
+# One closing line for every test binary together: with --all-targets the
+# last lines cargo prints come from the benchmarks, which only say they
+# were skipped.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+        if ($(i + 1) ~ /^passed;?$/) p += $i
+        if ($(i + 1) ~ /^failed;?$/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

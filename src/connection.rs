@@ -230,7 +230,9 @@ impl HttpConn {
                 break;
             }
         }
-        Ok(Outcome::Open)
+        // Answering stops when the output backs up, leaving requests in
+        // the buffer that only another turn will reach.
+        Ok(if self.backed_up() { Outcome::Again } else { Outcome::Open })
     }
 
     /// Whether enough answers wait that reading should pause.
