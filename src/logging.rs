@@ -145,7 +145,12 @@ fn escape_controls(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
+            // Line and paragraph separators break lines in some viewers, and
+            // bidirectional overrides make a line read differently.
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
                 out.push_str(&format!("\\u{{{:x}}}", c as u32))
             }
             c => out.push(c),
@@ -208,6 +213,7 @@ mod tests {
             cleaned,
             "metric\\n2026-01-01T00:00:00Z [ERROR] forged\\r\\u{1b}[31m"
         );
+        assert_eq!(clean("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
     }
 
     #[test]
