@@ -286,8 +286,10 @@ impl Reactor {
             log::debug!(
                 "http {peer}: refused, at the limit of {max} connections"
             );
+            self.app.stats.answered("other", 503);
             HttpConn::refused(stream, peer, now, &self.refusal_503)
         } else {
+            self.app.stats.answered("other", 503);
             let _ = stream.write(&self.refusal_503);
             return;
         };

@@ -358,6 +358,8 @@ fn connections_over_the_limit_get_503_and_others_are_served() {
     assert_eq!(status(&answer), 503, "{answer}");
     assert!(body(&answer).contains("limit of 3 connections"), "{answer}");
     drop(held);
+    let counted =
+        "metricast_http_requests_total{route=\"other\",status=\"503\"} ";
     assert!(util::eventually(Duration::from_secs(5), || {
         let mut stream = connect(server.addr);
         let _ = stream.write_all(get("/metrics").as_bytes());
@@ -365,6 +367,12 @@ fn connections_over_the_limit_get_503_and_others_are_served() {
         let _ = stream.read_to_string(&mut answer);
         answer.starts_with("HTTP/1.1 200")
     }));
+    let text = util::curl(&[&server.url("/metrics?format=prometheus")]);
+    let refusals: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix(counted)?.parse().ok())
+        .unwrap_or(0);
+    assert!(refusals >= 1, "503 not counted:\n{text}");
 }
 
 #[test]
