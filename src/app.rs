@@ -1,8 +1,6 @@
 //! The application state the reactor hands to every handler: the metric
 //! store, the dashboard feed and the server's counters.
 
-use std::rc::Rc;
-
 use crate::hub::Feed;
 use crate::record::{self, RecordError};
 use crate::security::Security;
@@ -70,11 +68,6 @@ impl App {
             wire::metric_update(&record.metric, record.value, metadata, out)
         });
         Ok(())
-    }
-
-    /// The current snapshot frame.
-    pub fn snapshot(&mut self) -> Rc<[u8]> {
-        self.store.snapshot_frame()
     }
 
     /// Publishes the periodic keepalive message and ping.

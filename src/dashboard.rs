@@ -131,11 +131,6 @@ impl Dashboard {
         }
     }
 
-    /// The socket, for the reactor.
-    pub fn stream(&mut self) -> &mut TcpStream {
-        &mut self.ws.get_mut().tcp
-    }
-
     /// Handles readiness.
     pub fn on_ready(
         &mut self,

@@ -327,15 +327,12 @@ fn read_headers(
             "request has both Content-Length and Transfer-Encoding",
         ));
     }
-    head.body =
-        match (length, chunked) {
-            (Some(_), true) => return Err(bad_framing(
-                "request has both Content-Length and chunked Transfer-Encoding",
-            )),
-            (Some(0), false) | (None, false) => BodyFraming::None,
-            (Some(n), false) => BodyFraming::Length(n),
-            (None, true) => BodyFraming::Chunked,
-        };
+    // A length with any Transfer-Encoding was refused above.
+    head.body = match length {
+        _ if chunked => BodyFraming::Chunked,
+        Some(0) | None => BodyFraming::None,
+        Some(n) => BodyFraming::Length(n),
+    };
     if head.minor_version == 0 && chunked {
         return Err(bad_framing("chunked encoding is not allowed in HTTP/1.0"));
     }

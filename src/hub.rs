@@ -50,11 +50,6 @@ impl Feed {
         self.base + self.bytes.len() as u64
     }
 
-    /// Whether anyone is listening; with nobody, publishing is skipped.
-    pub fn has_subscribers(&self) -> bool {
-        self.subscribers > 0
-    }
-
     /// Bytes currently queued.
     pub fn queued(&self) -> usize {
         self.bytes.len()
